@@ -1,0 +1,299 @@
+"""The typed pipeline config: YAML plus dotted ``key=value`` overrides.
+
+    from stages.config import load_config
+    cfg = load_config("configs/demo.yaml", ["cpt.max_steps=10", "run.output_dir=runs/x"])
+
+Every section is a dataclass whose fields carry their unit in the docstring
+comment beside them. Loading is strict: an unknown or misspelt key fails with
+the file, the dotted key and the closest valid key, before any model loads.
+Cross-field rules live in ``__post_init__`` so they run on every construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem the user must fix; the message says where and how."""
+
+
+class Tuning(enum.StrEnum):
+    full = "full"
+    freeze = "freeze"
+    lora = "lora"
+
+
+class Dtype(enum.StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class WandbMode(enum.StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"  # run name; also the W&B group
+    output_dir: str = "runs/demo"  # run directory, relative to the working directory
+    seed: int = 0  # seeds data splits, shuffling and model init
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny"  # HF folder, or builtin:smollm2-135m-instruct / builtin:tiny
+    dtype: Dtype = Dtype.bfloat16  # compute and save dtype
+    attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA when importable, else sdpa
+
+
+@dataclass
+class SourceSet:
+    sources: list[str] = field(default_factory=list)  # files, folders, globs or builtin:<name>
+    text_field: str = "text"  # field holding the document text in JSONL/parquet/HF rows
+    min_chars: int = 200  # documents shorter than this many characters are dropped
+    max_documents: int = 0  # keep at most this many documents after cleaning (0 = all)
+    val_fraction: float = 0.05  # share of documents held out for validation loss
+    test_fraction: float = 0.1  # share of documents held out for the domain perplexity suite
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction + self.test_fraction < 1:
+            raise ConfigError("val_fraction + test_fraction must be in [0, 1)")
+
+
+@dataclass
+class ReplayConfig:
+    sources: list[str] = field(default_factory=list)  # general text mixed into CPT
+    ratio: float = 0.0  # share of CPT blocks drawn from replay data, 0 to <1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise ConfigError(f"data.replay.ratio must be in [0, 1), got {self.ratio}")
+
+
+@dataclass
+class InstructionSet:
+    sources: list[str] = field(default_factory=list)  # JSONL of messages or instruction/response
+    test_fraction: float = 0.2  # share of records (by group) kept out of IFT for evaluation
+    max_records: int = 0  # keep at most this many training records (0 = all)
+
+
+@dataclass
+class DataConfig:
+    domain: SourceSet = field(default_factory=SourceSet)
+    instructions: InstructionSet = field(default_factory=InstructionSet)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by CPT and IFT; the stages differ in defaults only."""
+
+    max_steps: int = 100  # optimizer steps
+    seq_len: int = 512  # tokens per packed CPT block / max tokens per IFT example
+    micro_batch_size: int = 2  # sequences per device per forward pass
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # final LR as a share of the peak (cosine decay)
+    warmup_steps: int = 10  # linear warm-up length in optimizer steps
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    max_grad_norm: float = 1.0  # gradient clipping threshold
+    save_steps: int = 50  # checkpoint every this many steps (0 = only at the end)
+    logging_steps: int = 5  # log loss every this many steps
+    deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "" trains without DeepSpeed
+    tuning: Tuning = Tuning.full  # full | freeze | lora
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.seq_len < 8 or self.micro_batch_size < 1:
+            raise ConfigError("max_steps >= 1, seq_len >= 8 and micro_batch_size >= 1 are required")
+        if self.warmup_steps >= self.max_steps:
+            raise ConfigError(
+                f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})"
+            )
+
+
+@dataclass
+class SuiteConfig:
+    perplexity: list[str] = field(default_factory=list)  # text sources; "split:domain/test" = held-out docs
+    tasks: dict[str, str] = field(default_factory=dict)  # metric prefix -> task JSONL or builtin:<name>
+    max_perplexity_tokens: int = 8192  # cap on scored tokens per perplexity source
+
+
+@dataclass
+class EvalConfig:
+    general: SuiteConfig = field(default_factory=SuiteConfig)
+    domain: SuiteConfig = field(default_factory=SuiteConfig)
+    batch_size: int = 8  # sequences per forward pass
+    max_new_tokens: int = 48  # generation budget per answer
+    max_items: int = 0  # evaluate at most this many items per task (0 = all)
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.offline  # offline needs no key; "online" needs WANDB_API_KEY
+    project: str = "cptift"
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class ExportConfig:
+    from_stage: str = "ift"  # which stage's final checkpoint to export: cpt | ift
+    check_prompt: str = "What does the json module do?"  # generated once after export as a smoke test
+
+    def __post_init__(self) -> None:
+        if self.from_stage not in ("cpt", "ift"):
+            raise ConfigError(f"export.from_stage must be cpt or ift, got {self.from_stage!r}")
+
+
+def _ift_defaults() -> TrainConfig:
+    return TrainConfig(max_steps=60, seq_len=256, micro_batch_size=8, learning_rate=5e-5, warmup_steps=5)
+
+
+@dataclass
+class PipelineConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cpt: TrainConfig = field(default_factory=TrainConfig)
+    ift: TrainConfig = field(default_factory=_ift_defaults)
+    evals: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data.domain.sources:
+            raise ConfigError("data.domain.sources is empty: CPT needs at least one source")
+        if not self.data.instructions.sources:
+            raise ConfigError("data.instructions.sources is empty: IFT needs at least one source")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read YAML, apply ``a.b=value`` overrides, and build the typed config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item, path)
+    return build(PipelineConfig, raw, origin=str(path))
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    # Validate the key now so that a typo names the closest valid key.
+    _resolve_key(PipelineConfig, key.split("."), origin=f"override {item!r}")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section in {path}")
+    node[leaf] = yaml.safe_load(value) if value != "" else ""
+
+
+def _resolve_key(cls: type, parts: list[str], origin: str) -> None:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    head = parts[0]
+    if head not in names:
+        raise ConfigError(_unknown_key_message(head, names, origin))
+    if len(parts) > 1:
+        sub = hints[head]
+        if dataclasses.is_dataclass(sub):
+            _resolve_key(sub, parts[1:], origin)
+        elif typing.get_origin(sub) is not dict:
+            raise ConfigError(f"{origin}: {head} is a value, not a section")
+
+
+def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return f"{where}: unknown key {key!r}{hint}"
+
+
+def build(cls: type, data: Any, origin: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    where = f"{origin}: {prefix.rstrip('.') or 'top level'}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(_unknown_key_message(f"{prefix}{key}", [f"{prefix}{n}" for n in names], origin))
+        kwargs[key] = _coerce(hints[key], value, origin, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
+    bad = ConfigError(f"{origin}: {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, origin, prefix=f"{key}.")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: {key}: {value!r} is not one of {[m.value for m in tp]}") from None
+    container = typing.get_origin(tp)
+    if container is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(typing.get_args(tp)[0], v, origin, f"{key}[{i}]") for i, v in enumerate(value)]
+    if container is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(typing.get_args(tp)[1], v, origin, f"{key}.{k}") for k, v in value.items()}
+    if container in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise bad
+    return value
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-YAML form of a config (enums become strings)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def save_config(cfg: PipelineConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
