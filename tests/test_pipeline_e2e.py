@@ -1,0 +1,141 @@
+"""End to end: `cptift run configs/tiny.yaml` produces every artifact of the contract.
+
+Runs the real CLI in a subprocess (real DeepSpeed engine, real Trainer, real
+W&B in offline mode, the tiny model), once per test session, then checks the
+run directory. A second invocation must skip every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ["prepare", "eval_base", "cpt", "eval_cpt", "ift", "eval_ift", "report", "export"]
+pytestmark = pytest.mark.slow
+
+
+def cptift(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, isolated_cache):
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc
+
+
+def test_every_step_writes_its_marker_and_outputs(tiny_run):
+    out, proc = tiny_run
+    for step in STEPS:
+        marker = json.loads((out / "steps" / f"{step}.json").read_text())
+        assert marker["step"] == step and marker["seconds"] >= 0
+    for path in ["config.yaml", "lineage.json", "base/eval.json", "cpt/eval.json", "ift/eval.json",
+                 "cpt/final/model.safetensors", "ift/final/model.safetensors", "data/manifest.json",
+                 "report/forgetting.json", "report/forgetting.md", "report/forgetting.png"]:
+        assert (out / path).is_file(), path
+    assert list((out / "cpt" / "checkpoints").glob("checkpoint-*")), "CPT wrote no checkpoint"
+    assert not (out / "cpt" / "final" / "training_args.bin").exists()  # no pickles in model folders
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["cpt"]["from"] == "base" and lineage["ift"]["from"] == "cpt"
+    assert f"report: {out / 'report' / 'forgetting.md'}" in proc.stdout
+
+
+def test_forgetting_report_holds_every_metric_with_deltas(tiny_run):
+    out, _ = tiny_run
+    report = json.loads((out / "report" / "forgetting.json").read_text())
+    assert report["checkpoints"] == ["base", "cpt", "ift"]
+    evals = {c: json.loads((out / c / "eval.json").read_text()) for c in report["checkpoints"]}
+    by_key = {(m["suite"], m["name"]): m for m in report["metrics"]}
+    for ckpt, result in evals.items():
+        for m in result["metrics"]:
+            row = by_key[(m["suite"], m["name"])]
+            assert row["values"][ckpt] == pytest.approx(m["value"])
+            if ckpt != "base":
+                assert row["delta"][ckpt] == pytest.approx(m["value"] - row["values"]["base"], abs=1e-5)
+    names = {suite: {n for s, n in by_key if s == suite} for suite in ("general", "domain")}
+    for suite, metrics in names.items():
+        assert "perplexity" in metrics
+        assert any(n.endswith("/accuracy") for n in metrics), suite
+    md = (out / "report" / "forgetting.md").read_text()
+    for suite, name in by_key:
+        assert name in md
+    assert (out / "report" / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpt_lowers_domain_loss_on_tiny_model(tiny_run):
+    """A random model trained on the domain must fit held-out domain text better."""
+    out, _ = tiny_run
+    report = json.loads((out / "report" / "forgetting.json").read_text())
+    ppl = next(m for m in report["metrics"] if m["suite"] == "domain" and m["name"] == "perplexity")
+    assert ppl["values"]["cpt"] < ppl["values"]["base"]
+    assert all(math.isfinite(v) for v in ppl["values"].values())
+
+
+def test_training_changed_every_parameter(tiny_run):
+    out, _ = tiny_run
+    lineage = json.loads((out / "lineage.json").read_text())
+    base = load_file(Path(lineage["base"]["resolved"]) / "model.safetensors")
+    cpt = load_file(out / "cpt" / "final" / "model.safetensors")
+    ift = load_file(out / "ift" / "final" / "model.safetensors")
+    # A tied lm_head may be saved by one writer and not another; every base tensor must be there.
+    assert set(base) <= set(cpt) and set(cpt) == set(ift)
+    for name in base:
+        assert not base[name].float().equal(cpt[name].float()), f"CPT did not change {name}"
+        assert not cpt[name].float().equal(ift[name].float()), f"IFT did not change {name}"
+
+
+def test_export_loads_with_plain_from_pretrained_in_fresh_process(tiny_run):
+    out, _ = tiny_run
+    export = out / "export"
+    for name in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "README.md"]:
+        assert (export / name).is_file(), name
+    code = (
+        "import sys; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "p = sys.argv[1]; tok = AutoTokenizer.from_pretrained(p); m = AutoModelForCausalLM.from_pretrained(p)\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], add_generation_prompt=True,"
+        " return_tensors='pt', return_dict=True)\n"
+        "out = m.generate(**ids, max_new_tokens=5, do_sample=False)\n"
+        "assert out.shape[1] > ids['input_ids'].shape[1]\n"
+        "print('chat_template' if tok.chat_template else 'none', m.generation_config.eos_token_id == tok.eos_token_id)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(export)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["chat_template", "True"]
+    assert "| metric |" in (export / "README.md").read_text()  # model card carries the eval table
+
+
+def test_wandb_offline_run_per_step(tiny_run):
+    out, _ = tiny_run
+    runs = sorted((out / "wandb" / "wandb").glob("offline-run-*"))
+    # eval x3, cpt, ift, report, export
+    assert len(runs) == 7, runs
+    assert all(list(r.glob("*.wandb")) for r in runs)
+
+
+def test_second_run_skips_every_step(tiny_run):
+    out, _ = tiny_run
+    before = {s: (out / "steps" / f"{s}.json").read_text() for s in STEPS}
+    proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("[skip]") == len(STEPS)
+    assert f"{len(STEPS)} of {len(STEPS)} steps were already finished" in proc.stdout
+    assert before == {s: (out / "steps" / f"{s}.json").read_text() for s in STEPS}
+
+
+def test_changed_config_in_same_run_dir_is_refused(tiny_run):
+    out, _ = tiny_run
+    proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}", "cpt.max_steps=99")
+    assert proc.returncode == 2
+    assert "different config" in proc.stderr and "cpt" in proc.stderr
