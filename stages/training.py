@@ -109,8 +109,7 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
 
 def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     """Train (resuming from the newest checkpoint if one exists), save ``final/``."""
-    if cfg.deepspeed:
-        prepare_process_group_env()
+    prepare_process_group_env()
     trainer = Trainer(
         model=run.model, args=training_arguments(cfg, run), train_dataset=run.train_dataset,
         eval_dataset=run.eval_dataset, data_collator=run.collator, processing_class=run.tokenizer,
