@@ -9,7 +9,8 @@
     cptift export configs/demo.yaml                    # export (after ift and report are done)
     cptift compare runs/a runs/b                       # side-by-side final metrics of several runs
 
-Errors the user can fix (config, data, model path) print one line and exit 2.
+Errors the user can fix (config, data, model path) print one line and exit 2;
+anything else prints its traceback, then one ``error:`` line, and exits 1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an environment failure: keep the trace, end on one line
+        traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_run(args) -> int:
