@@ -139,3 +139,24 @@ def test_changed_config_in_same_run_dir_is_refused(tiny_run):
     proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}", "cpt.max_steps=99")
     assert proc.returncode == 2
     assert "different config" in proc.stderr and "cpt" in proc.stderr
+
+
+def test_plan_eval_report_and_compare_commands_on_a_finished_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    plan = cptift("plan", "configs/tiny.yaml", f"run.output_dir={out}")
+    assert plan.returncode == 0 and all(f"{s:<10} done" in plan.stdout for s in STEPS)
+    result_path = tmp_path / "export-eval.json"
+    ev = cptift("eval", "configs/tiny.yaml", f"run.output_dir={out}", "--model", str(out / "export"),
+                "--out", str(result_path))
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    exported = json.loads(result_path.read_text())
+    ift = json.loads((out / "ift" / "eval.json").read_text())
+    assert [m["name"] for m in exported["metrics"]] == [m["name"] for m in ift["metrics"]]
+    ppl = {m["suite"]: m["value"] for m in exported["metrics"] if m["name"] == "perplexity"}
+    ppl_ift = {m["suite"]: m["value"] for m in ift["metrics"] if m["name"] == "perplexity"}
+    assert ppl == pytest.approx(ppl_ift, rel=0.02)  # the export is the IFT model, saved in bf16
+    before = (out / "report" / "forgetting.json").read_text()
+    assert cptift("report", str(out)).returncode == 0
+    assert (out / "report" / "forgetting.json").read_text() == before
+    cmp = cptift("compare", str(out), str(out))
+    assert cmp.returncode == 0 and "| domain | perplexity |" in cmp.stdout
