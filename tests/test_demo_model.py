@@ -16,10 +16,10 @@ pytestmark = [
 ]
 
 
-def test_converted_demo_model_loads_without_gguf_and_answers():
+def test_converted_demo_model_loads_without_gguf_and_answers(demo_model_dir):
     from stages.modeling import SMOLLM2, resolve_model
 
-    path = resolve_model(SMOLLM2)
+    path = demo_model_dir
     assert resolve_model(SMOLLM2) == path  # cached: the second call converts nothing
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
