@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import io
 import json
+import os
 import pydoc
 import re
 import subprocess
@@ -92,6 +93,8 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding corpor
 # seeing [its path, --json, FILE]. -I ignores PYTHON* env vars and the cwd.
 _BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); module = sys.argv.pop(1); "
          "runpy.run_module(module, run_name='__main__', alter_sys=True)")
+
+_CHILD_FLAG = "CPTIFT_BUILTIN_CHILD"
 
 MAX_MODULE_CHARS = 60_000  # cap per module so builtins/ast/asyncio do not dominate
 
@@ -186,12 +189,15 @@ def render_documents() -> list[dict]:
 
 def run_fresh(module: str) -> list[dict]:
     """Run ``module`` as ``__main__ --json FILE`` in ``python -I`` and load FILE."""
+    # A child that spawned children of its own would fork without end; refuse it.
+    if os.environ.get(_CHILD_FLAG):
+        raise RuntimeError(f"{module}: a fresh-interpreter build tried to start another one")
     with tempfile.TemporaryDirectory(prefix="cptift-builtin-") as tmp:
         out = Path(tmp, "out.json")
         command = [sys.executable, "-I", "-c", _BOOT, str(_PACKAGE_ROOT), module,
                    "--json", str(out)]
         proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=600)
+                              text=True, timeout=600, env=os.environ | {_CHILD_FLAG: "1"})
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(
                 f"building {module} in a fresh interpreter failed:\n{proc.stderr[-3000:]}")
