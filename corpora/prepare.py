@@ -175,6 +175,12 @@ def _records_to_items(records: list[dict]) -> list[dict]:
     return items
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """Read back a JSONL file that ``prepare`` wrote."""
+    with path.open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w") as fh:
         for row in rows:

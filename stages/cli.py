@@ -121,9 +121,7 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from stages import forgetting
 
-    run_dir = Path(args.run_dir)
-    report = forgetting.build_report(forgetting.load_evals(run_dir, ["base", "cpt", "ift"]))
-    paths = forgetting.write_report(report, run_dir / "report")
+    report, paths = forgetting.report_run(Path(args.run_dir))
     print(forgetting.render_markdown(report))
     print("\n".join(str(p) for p in paths.values()))
     return 0

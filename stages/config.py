@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,8 +261,6 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise bad
         return {str(k): _coerce(typing.get_args(tp)[1], v, origin, f"{key}.{k}") for k, v in value.items()}
-    if container in (typing.Union, types.UnionType):
-        return value
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string

@@ -20,7 +20,6 @@ Metric definitions (the names are ``<task>/<metric>``):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -31,16 +30,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from corpora.chat import prompt_text
+from corpora.prepare import read_jsonl
 from stages.config import EvalConfig
 from stages.modeling import load_model, load_tokenizer
 
 PPL_WINDOW = 512  # tokens per perplexity window
 SUITES = ("general", "domain")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _metric(suite: str, name: str, value: float, n: int, higher_is_better: bool = True) -> dict:
@@ -169,11 +164,11 @@ def evaluate_checkpoint(model_path: str, data_dir: Path, cfg: EvalConfig, dtype:
     metrics = []
     for suite in SUITES:
         suite_dir = data_dir / "eval" / suite
-        docs = _read_jsonl(suite_dir / "perplexity.jsonl") if (suite_dir / "perplexity.jsonl").exists() else []
+        docs = read_jsonl(suite_dir / "perplexity.jsonl") if (suite_dir / "perplexity.jsonl").exists() else []
         if docs:
             ppl, n = perplexity(model, tokenizer, docs, getattr(cfg, suite).max_perplexity_tokens, cfg.batch_size)
             metrics.append(_metric(suite, "perplexity", ppl, n, higher_is_better=False))
         for name in getattr(cfg, suite).tasks:
-            items = _read_jsonl(suite_dir / f"{name}.jsonl")
+            items = read_jsonl(suite_dir / f"{name}.jsonl")
             metrics += evaluate_task(model, tokenizer, suite, name, items[: cfg.max_items or None], cfg)
     return {"model": str(model_path), "seconds": round(time.time() - start, 1), "metrics": metrics}

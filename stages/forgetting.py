@@ -25,6 +25,7 @@ from pathlib import Path
 SUITE_ORDER = ("general", "domain")  # other suites follow, in order of appearance
 DIGITS = 6  # rounding of stored values and deltas, to drop float noise like 0.0899999
 COLOURS = {"base": "#9e9e9e", "better": "#2e7d32", "worse": "#c62828", "same": "#1565c0"}
+CHECKPOINTS = ["base", "cpt", "ift"]  # pipeline order; base is the baseline
 
 
 def load_evals(run_dir: Path, checkpoints: list[str]) -> dict[str, dict]:
@@ -246,3 +247,9 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     _atomic_write(paths["json"], lambda p: p.write_text(text, encoding="utf-8"))
     return paths
+
+
+def report_run(run_dir: Path) -> tuple[dict, dict[str, Path]]:
+    """Rebuild ``<run_dir>/report/`` from the checkpoints' eval.json files."""
+    report = build_report(load_evals(Path(run_dir), CHECKPOINTS))
+    return report, write_report(report, Path(run_dir) / "report")

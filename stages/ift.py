@@ -9,13 +9,13 @@ example and the padding is masked out of the loss as well.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import DataCollatorForSeq2Seq
 
 from corpora.chat import IGNORE_INDEX
+from corpora.prepare import read_jsonl
 from stages.config import PipelineConfig
 from stages.modeling import load_model, load_tokenizer
 from stages.tracking import TrackerCallback
@@ -24,8 +24,7 @@ from stages.training import StageRun, train_stage
 
 class ExampleDataset(torch.utils.data.Dataset):
     def __init__(self, path: Path) -> None:
-        with path.open() as fh:
-            self.rows = [json.loads(line) for line in fh]
+        self.rows = read_jsonl(path)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -141,9 +141,7 @@ def make_train_step(stage: str, source: str, train: Callable) -> Callable[[Run],
 
 
 def step_report(run: Run) -> dict:
-    evals = forgetting.load_evals(run.dir, ["base", "cpt", "ift"])
-    report = forgetting.build_report(evals)
-    paths = forgetting.write_report(report, run.dir / "report")
+    report, paths = forgetting.report_run(run.dir)
     with start_run(run.cfg, job_type="report") as tracker:
         columns = ["suite", "metric", *report["checkpoints"], *[f"delta_{c}" for c in report["checkpoints"][1:]]]
         rows = [[m["suite"], m["name"], *m["values"].values(), *m["delta"].values()] for m in report["metrics"]]
