@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,11 @@ class Dtype(enum.StrEnum):
     bfloat16 = "bfloat16"
 
 
+class EvalParameters(enum.StrEnum):
+    replicated = "replicated"  # every rank holds the whole model; batches are shared out
+    zero3 = "zero3"  # parameters partitioned over ranks (DeepSpeed ZeRO-3), for models larger than one device
+
+
 class WandbMode(enum.StrEnum):
     offline = "offline"
     online = "online"
@@ -42,6 +48,11 @@ class RunConfig:
     name: str = "demo"  # run name; also the W&B group
     output_dir: str = "runs/demo"  # run directory, relative to the working directory
     seed: int = 0  # seeds data splits, shuffling and model init
+    collective_timeout_minutes: float = 30  # longest a rank waits for the others (a barrier, rank 0 preparing data)
+
+    def __post_init__(self) -> None:
+        if self.collective_timeout_minutes <= 0:
+            raise ConfigError("run.collective_timeout_minutes must be positive")
 
 
 @dataclass
@@ -105,6 +116,7 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint every this many steps (0 = only at the end)
     logging_steps: int = 5  # log loss every this many steps
     deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "" trains without DeepSpeed
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (~1/3 more compute)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.seq_len < 8 or self.micro_batch_size < 1:
@@ -129,6 +141,7 @@ class EvalConfig:
     batch_size: int = 8  # sequences per forward pass
     max_new_tokens: int = 48  # generation budget per answer
     max_items: int = 0  # evaluate at most this many items per task (0 = all)
+    parameters: EvalParameters = EvalParameters.replicated  # how ranks hold the model while evaluating
 
 
 @dataclass
@@ -289,4 +302,7 @@ def _plain(value: Any) -> Any:
 
 
 def save_config(cfg: PipelineConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write atomically: other ranks may be reading the previous copy."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)

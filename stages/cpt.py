@@ -41,15 +41,20 @@ def load_blocks(path: Path) -> np.ndarray:
         return data["blocks"]
 
 
-def run_cpt(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path, tracker) -> dict:
+def cpt_stage(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path) -> StageRun:
+    """The model, data and collator of a CPT stage, ready for ``train_stage``."""
     tokenizer = load_tokenizer(model_path)
     # Train from float32 weights: DeepSpeed's bf16 mode keeps fp32 master weights.
     model = load_model(model_path, "float32", cfg.model.attn_implementation)
-    run = StageRun(
+    return StageRun(
         name="cpt", model=model, tokenizer=tokenizer,
         train_dataset=BlockDataset(load_blocks(data_dir / "cpt_train.npz")),
         eval_dataset=BlockDataset(load_blocks(data_dir / "cpt_val.npz")[:MAX_VAL_BLOCKS]),
         collator=default_data_collator, stage_dir=stage_dir, seed=cfg.run.seed,
         bf16=cfg.model.dtype == "bfloat16",
     )
+
+
+def run_cpt(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path, tracker) -> dict:
+    run = cpt_stage(cfg, model_path, data_dir, stage_dir)
     return train_stage(cfg.cpt, run, [TrackerCallback(tracker, "cpt")])

@@ -17,11 +17,14 @@ Remote code is never trusted; only safetensors weights are loaded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import logging
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -64,10 +67,16 @@ def resolve_model(spec: str) -> str:
 def _materialise(target: Path, build) -> Path:
     if (target / "config.json").exists():
         return target
-    partial = target.with_name(target.name + ".partial")
+    # One partial folder per process: nodes sharing a cache may build at once.
+    partial = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     build(partial)
-    partial.rename(target)  # atomic: a crash mid-build leaves no half folder behind
+    try:
+        partial.rename(target)  # atomic: a crash mid-build leaves no half folder behind
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(partial)  # another process finished first; its copy is identical
     return target
 
 
@@ -147,6 +156,30 @@ def load_model(path: str, dtype: str = "float32", attn: str = "auto"):
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, dtype), attn_implementation=attention_backend(attn), use_safetensors=True
     )
+
+
+@contextlib.contextmanager
+def partitioned_model(path: str, dtype: str = "bfloat16", attn: str = "auto") -> Iterator[torch.nn.Module]:
+    """The model with its parameters partitioned over all ranks (ZeRO-3 inference), for evaluation.
+
+    Every rank must call this and then run the same number of forward passes.
+    While the ``HfDeepSpeedConfig`` is alive, ``from_pretrained`` loads each
+    weight straight into its partition, so no rank ever holds the whole model.
+    """
+    import deepspeed
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    ds_config = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+                 "bf16": {"enabled": dtype == "bfloat16"}, "train_micro_batch_size_per_gpu": 1}
+    keep_alive = HfDeepSpeedConfig(ds_config)
+    try:
+        model = load_model(path, dtype, attn)
+        engine = deepspeed.initialize(model=model, config=ds_config)[0]
+        yield engine.module.eval()
+    finally:
+        # Later loads (export, a ZeRO-2 stage) must not be partitioned.
+        unset_hf_deepspeed_config()
+        del keep_alive
 
 
 def is_instruction_tuned(tokenizer, path: str) -> bool:

@@ -11,6 +11,12 @@ Each finished step writes ``steps/<step>.json`` (when, how long, what it
 produced). A re-run skips steps with a marker; an interrupted training step
 resumes from its newest checkpoint. ``lineage.json`` records which checkpoint
 fed which step.
+
+Every process of a torchrun, DeepSpeed-launcher or srun job runs this driver.
+Rank 0 alone prepares data, writes the report, exports, and writes markers,
+lineage and W&B runs; training and evaluation run on every rank. The
+barriers sit here, around steps, and nowhere in the stages. The run directory
+must be on a file system that every node sees.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import yaml
 
 from corpora.manifest import write_json_atomic
 from corpora.prepare import PrepareSpec, prepare
-from stages import export, forgetting
+from stages import distributed, export, forgetting
 from stages.config import ConfigError, PipelineConfig, save_config, to_dict
 from stages.cpt import run_cpt
 from stages.evaluate import evaluate_checkpoint
@@ -38,6 +44,8 @@ from stages.training import resolve_deepspeed
 log = logging.getLogger(__name__)
 
 STEPS = ("prepare", "eval_base", "cpt", "eval_cpt", "ift", "eval_ift", "report", "export")
+# Steps that rank 0 runs alone while the other ranks wait; the rest run on every rank.
+WRITER_STEPS = ("prepare", "report", "export")
 # Keys that may change between runs in one directory without invalidating finished steps.
 VOLATILE_KEYS = ("tracking",)
 
@@ -47,6 +55,7 @@ class Run:
     cfg: PipelineConfig
     dir: Path
     base: str = ""  # resolved base model folder
+    world: distributed.World = distributed.World()
 
     @property
     def data(self) -> Path:
@@ -116,9 +125,11 @@ def data_report(manifest: dict) -> str:
 
 
 def make_eval_step(stage: str) -> Callable[[Run], dict]:
-    def step(run: Run) -> dict:
+    def step(run: Run) -> dict | None:
         result = evaluate_checkpoint(run.final(stage), run.data, run.cfg.evals, run.cfg.model.dtype,
                                      run.cfg.model.attn_implementation)
+        if not run.world.is_writer:
+            return None  # every rank holds the gathered result; rank 0 records it
         result = {"checkpoint": stage} | result
         (run.dir / stage).mkdir(parents=True, exist_ok=True)
         write_json_atomic(run.dir / stage / "eval.json", result)
@@ -132,9 +143,11 @@ def make_eval_step(stage: str) -> Callable[[Run], dict]:
 
 
 def make_train_step(stage: str, source: str, train: Callable) -> Callable[[Run], dict]:
-    def step(run: Run) -> dict:
+    def step(run: Run) -> dict | None:
         with start_run(run.cfg, job_type=stage) as tracker:
             metrics = train(run.cfg, run.final(source), run.data, run.dir / stage, tracker)
+        if not run.world.is_writer:
+            return None
         write_json_atomic(run.dir / stage / "train_metrics.json", metrics)
         return {"from": source, "final": run.final(stage), "resumed_from": metrics.get("resumed_from")}
     return step
@@ -174,42 +187,63 @@ STEP_FUNCS: dict[str, Callable[[Run], dict]] = {
 
 
 def open_run(cfg: PipelineConfig) -> Run:
+    world = distributed.init(cfg.run.collective_timeout_minutes)
     preflight(cfg)
-    run = Run(cfg=cfg, dir=Path(cfg.run.output_dir))
+    run = Run(cfg=cfg, dir=Path(cfg.run.output_dir), world=world)
     check_same_config(run.dir, cfg)
-    (run.dir / "steps").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.dir / "config.yaml")
-    run.base = resolve_model(cfg.model.path)
+    world.barrier()  # every rank has compared against the old config before rank 0 replaces it
+    if world.is_writer:
+        (run.dir / "steps").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.dir / "config.yaml")
+    run.base = _resolve_base(cfg.model.path, world)
     return run
+
+
+def _resolve_base(path: str, world: distributed.World) -> str:
+    """Built-in models are materialised by one process per node (caches may be node-local)."""
+    if world.local_rank == 0:
+        resolved = resolve_model(path)
+    world.barrier()
+    return resolved if world.local_rank == 0 else resolve_model(path)
 
 
 def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[str, dict]:
     run = open_run(cfg)
-    if is_instruction_tuned(load_tokenizer(run.base), cfg.model.path):
+    if run.world.is_writer and is_instruction_tuned(load_tokenizer(run.base), cfg.model.path):
         log.warning("%s is already instruction-tuned: CPT will erode its chat behaviour and IFT must "
                     "restore it; watch the general suite's */stopped metrics in the report", cfg.model.path)
     done = {}
     for step in steps:
         done[step] = run_step(run, step)
-    _write_lineage(run)
+    if run.world.is_writer:
+        _write_lineage(run)
     return done
 
 
 def run_step(run: Run, step: str) -> dict:
-    marker = run.marker(step)
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        print(f"[skip] {step}: finished {info['finished_at']} in {info['seconds']:.1f} s "
-              f"(delete {marker} to redo)")
+    """Run one step on the ranks it needs, or skip it when rank 0 sees its marker."""
+    world, marker = run.world, run.marker(step)
+    info = world.broadcast(json.loads(marker.read_text()) if marker.exists() else None)
+    if info is not None:
+        _say(world, f"[skip] {step}: finished {info['finished_at']} in {info['seconds']:.1f} s "
+                    f"(delete {marker} to redo)")
         return info | {"skipped": True}
-    print(f"[step] {step} ...", flush=True)
+    _say(world, f"[step] {step} ...")
     start = time.time()
-    outputs = STEP_FUNCS[step](run)
+    outputs = STEP_FUNCS[step](run) if world.is_writer or step not in WRITER_STEPS else None
+    world.barrier()  # no rank starts the next step before this one is complete everywhere
     info = {"step": step, "seconds": round(time.time() - start, 1),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs}
-    write_json_atomic(marker, info)
-    print(f"[done] {step} in {info['seconds']:.1f} s", flush=True)
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs,
+            "processes": world.size}
+    if world.is_writer:
+        write_json_atomic(marker, info)
+    _say(world, f"[done] {step} in {info['seconds']:.1f} s")
     return info
+
+
+def _say(world: distributed.World, text: str) -> None:
+    if world.is_writer:
+        print(text, flush=True)
 
 
 def _write_lineage(run: Run) -> None:

@@ -8,23 +8,29 @@ function, not two stages.
 On a CPU-only machine the Trainer must be told ``use_cpu=True`` and
 ``ddp_backend="gloo"``: without them DeepSpeed still trains, but every rank
 reads the whole data set (the sampler is not sharded), which is silently wrong.
+
+Every rank runs ``train_stage``. Each optimizer step consumes
+``micro_batch_size x grad_accum_steps x world_size`` sequences, a disjoint
+share of them on each rank; ``<stage>/samples/rank-NNNNN.jsonl`` records which
+sample ids each rank trained at each step, so data order can be audited.
 """
 
 from __future__ import annotations
 
-import importlib
+import gc
 import json
 import logging
-import os
 import shutil
-import socket
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.trainer_utils import get_last_checkpoint
 
+from stages import distributed
 from stages.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -61,19 +67,57 @@ def resolve_deepspeed(path: str) -> dict | None:
         raise ConfigError(f"{found}:{exc.lineno}: invalid JSON in DeepSpeed config ({exc.msg})") from None
 
 
-def prepare_process_group_env() -> None:
-    """Make a plain ``python`` process look like rank 0 of 1, as torchrun would."""
-    if "WORLD_SIZE" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
-    if not torch.cuda.is_available():
-        # On CPU DeepSpeed JIT-compiles a shared-memory all-reduce op with g++
-        # at init (about 40 s, and a failure without a compiler). gloo does the
-        # same collectives; skipping the build gave identical losses.
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+SAMPLE_ID = "sample_id"
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Tags each training sample with its index, for the sample log."""
+
+    def __init__(self, inner: torch.utils.data.Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(self.inner[i]) | {SAMPLE_ID: i}
+
+
+class SampleLog(TrainerCallback):
+    """Writes which sample ids this rank trained at each optimizer step.
+
+    The collator wrapper queues each micro-batch's ids as the dataloader
+    fetches them (it may fetch ahead); each finished optimizer step takes its
+    micro-batches off the front of the queue, so only trained samples are
+    written. On resume, entries after the checkpoint's step are dropped.
+    """
+
+    def __init__(self, collator, path: Path) -> None:
+        self.collator, self.path = collator, path
+        self.pending: deque[list[int]] = deque()
+        self.micro_batches = 0
+
+    def __call__(self, features: list[dict]):
+        if features and SAMPLE_ID in features[0]:  # training batches only, not evaluation ones
+            self.pending.append([f.pop(SAMPLE_ID) for f in features])
+        return self.collator(features)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if json.loads(line)["step"] <= state.global_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.micro_batches += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        ids = [i for _ in range(self.micro_batches + 1) for i in self.pending.popleft()]
+        self.micro_batches = 0
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"step": state.global_step, "ids": ids}) + "\n")
 
 
 def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
@@ -96,6 +140,9 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
         save_total_limit=2,  # a 135M model's ZeRO checkpoint is ~1.6 GB with optimizer state
         bf16=run.bf16,
         deepspeed=resolve_deepspeed(cfg.deepspeed),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Non-reentrant checkpointing works with ZeRO-3's parameter hooks and frozen inputs.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu else None,
         seed=run.seed,
@@ -108,13 +155,25 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
 
 
 def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
-    """Train (resuming from the newest checkpoint if one exists), save ``final/``."""
-    prepare_process_group_env()
+    """Train on every rank (resuming from the newest checkpoint if one exists), save ``final/``."""
+    world = distributed.init()
+    sample_log = SampleLog(run.collator, run.stage_dir / "samples" / f"rank-{world.rank:05d}.jsonl")
     trainer = Trainer(
-        model=run.model, args=training_arguments(cfg, run), train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset, data_collator=run.collator, processing_class=run.tokenizer,
-        callbacks=callbacks,
+        model=run.model, args=training_arguments(cfg, run), train_dataset=IndexedDataset(run.train_dataset),
+        eval_dataset=run.eval_dataset, data_collator=sample_log, processing_class=run.tokenizer,
+        callbacks=[sample_log, *callbacks],
     )
+    try:
+        return _train(trainer, run)
+    finally:
+        # A ZeRO-3 stage leaves a global that would make later from_pretrained
+        # calls (evaluation, export on rank 0 alone) load partitioned and hang.
+        unset_hf_deepspeed_config()
+        del trainer
+        gc.collect()
+
+
+def _train(trainer: Trainer, run: StageRun) -> dict:
     ckpt_dir = run.stage_dir / "checkpoints"
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if resume:

@@ -1,0 +1,105 @@
+"""Start real multi-process cptift jobs from tests: torchrun, the DeepSpeed launcher, cptift launch.
+
+Nothing here is mocked: the jobs are real processes talking gloo over loopback,
+each a full DeepSpeed rank. The helpers only build command lines, find free
+ports and read back what the ranks wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 600
+
+
+def env() -> dict[str, str]:
+    """The test environment for a job: offline W&B, the venv's tools first on PATH, 1 thread per rank."""
+    return os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cptift(*args: str, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """One plain process: rank 0 of a world of 1."""
+    return subprocess.run([str(BIN / "cptift"), *args], cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def torchrun(nproc: int, *args: str, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N cptift ARGS`` on this machine."""
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(nproc), "--no-python",
+           str(BIN / "cptift"), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """A background job whose output goes to ``log``: for jobs that run side by side (two nodes)."""
+    fh = log.open("w")
+    return subprocess.Popen(args, cwd=ROOT, env=env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def weights(folder: Path) -> dict:
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def max_weight_diff(a: dict, b: dict) -> float:
+    """Largest absolute difference over the tensors both hold (ZeRO-3 saves a tied lm_head once)."""
+    shared = set(a) & set(b)
+    assert shared >= {k for k in a if k != "lm_head.weight"}, set(a) ^ set(b)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in shared)
+
+
+def sample_log(stage_dir: Path, rank: int) -> list[dict]:
+    path = Path(stage_dir) / "samples" / f"rank-{rank:05d}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def eval_metrics(run_dir: Path, checkpoint: str) -> dict[tuple[str, str], dict]:
+    result = json.loads((Path(run_dir) / checkpoint / "eval.json").read_text())
+    return {(m["suite"], m["name"]): m for m in result["metrics"]}
+
+
+def rank_pids(parent: int, rank: int) -> list[int]:
+    """PIDs of the processes below ``parent`` whose environment says RANK=<rank>."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            stat_env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        except OSError:
+            continue
+        if stat_env.get(b"RANK") == str(rank).encode() and _descends_from(int(proc.name), parent):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
