@@ -153,7 +153,8 @@ def slurm_has_gpus() -> bool:
 def submit_slurm(req: Request, cfg: PipelineConfig) -> int:
     if shutil.which("sbatch") is None and not req.dry_run:
         raise ConfigError("sbatch not found: run cptift launch --executor slurm on a Slurm login node")
-    text = render_sbatch(req, cfg, slurm_has_gpus() if shutil.which("sinfo") else True)
+    # A dry run asks no controller (there may be none here) and renders the GPU form.
+    text = render_sbatch(req, cfg, req.dry_run or slurm_has_gpus())
     path = Path(cfg.run.output_dir) / "launch" / "slurm.sbatch"
     path.parent.mkdir(parents=True, exist_ok=True)
     (Path(cfg.run.output_dir) / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create it

@@ -1,0 +1,41 @@
+"""The rendered launch/slurm.sbatch runs the tiny pipeline on a real single-host Slurm.
+
+``cptift launch --executor slurm`` renders the script into the run directory
+and submits it with the real ``sbatch``; slurmd runs it, ``srun`` starts one
+torchrun on the node and torchrun starts 2 ranks. Where Slurm cannot be
+installed or started (not root, no apt-get) the test is skipped with the
+reason, unless CPTIFT_REQUIRE_SLURM=1 (set by .ci/run as root) makes it fail.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests import jobs
+from tests.slurm_cluster import slurm  # noqa: F401  (pytest fixture)
+from tests.test_launch import assert_one_complete_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_sbatch_runs_the_tiny_pipeline_on_two_ranks(slurm, tmp_path, isolated_cache):  # noqa: F811
+    out = tmp_path / "run"
+    submit = subprocess.run(
+        [str(jobs.BIN / "cptift"), "launch", "configs/tiny.yaml", f"run.output_dir={out}", "--executor", "slurm",
+         "--nodes", "1", "--gpus-per-node", "2"],
+        cwd=jobs.ROOT, env=jobs.env() | {"SLURM_CONF": slurm.env["SLURM_CONF"]}, capture_output=True, text=True,
+        timeout=120)
+    jobs.ok(submit)
+    job = re.search(r"submitted job (\d+)", submit.stdout).group(1)
+    rendered = (out / "launch" / "slurm.sbatch").read_text()
+    assert "export CPTIFT_NPROC_PER_NODE=2" in rendered and "#SBATCH --gpus-per-node" not in rendered
+    state = slurm.wait(job, timeout_s=600)
+    job_log = out / "logs" / f"slurm-{job}.out"
+    assert state == "COMPLETED", f"{state}\n{job_log.read_text()[-4000:] if job_log.exists() else slurm.logs()}"
+    assert_one_complete_run(out, processes=2)
+    assert "1 node(s) x 2 process(es)" in job_log.read_text()
+    ranks = sorted(p.parent.name for p in out.glob(f"logs/slurm-{job}/node0/*/attempt_0/*/stdout.log"))
+    assert ranks == ["0", "1"], "every rank's log is kept"
