@@ -146,3 +146,19 @@ def test_killing_one_rank_during_cpt_ends_the_job_within_60_s(tmp_path, isolated
     assert _digests(out, finished) == before, "a finished step's output changed"
     assert not (out / "steps" / "cpt.json").exists() and not (out / "cpt" / "final").exists()
     assert not jobs.rank_pids(job.pid, rank=0)
+
+
+@pytest.mark.slow
+def test_an_error_on_rank_0_alone_ends_every_rank_with_its_message(tmp_path, isolated_cache):
+    """Rank 0 fails preparing bad data while rank 1 waits at the barrier: no hang, rank 0's error shown."""
+    domain = tmp_path / "docs.jsonl"
+    domain.write_text(json.dumps({"text": "x" * 300}) + "\n" + json.dumps({"body": "y" * 300}) + "\n")
+    started = time.time()
+    proc = jobs.torchrun(2, "run", "configs/tiny.yaml", f"run.output_dir={tmp_path / 'run'}",
+                         f"data.domain.sources=[{domain}]", "tracking.wandb.mode=disabled", timeout=120)
+    assert proc.returncode != 0 and time.time() - started < 60
+    out = proc.stdout + proc.stderr
+    assert f"error: [rank 0/2] {domain}:2: field 'text' missing" in out
+    # torchrun's summary names rank 0's own error as the root cause, read from its error file.
+    summary = out[out.rindex("Root Cause"):]
+    assert "rank      : 0" in summary and "DataError" in summary and "field 'text' missing" in summary

@@ -1,0 +1,46 @@
+"""Training settings reach the Trainer, and gradient checkpointing changes memory, not the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages import distributed
+from stages.config import TrainConfig
+from stages.training import StageRun, training_arguments
+from tests import jobs
+
+
+@pytest.fixture
+def one_process_group(monkeypatch):
+    """Rank 0 of 1, as train_stage sets it up: on CPU the Trainer's arguments need a gloo group."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(jobs.free_port())}.items():
+        monkeypatch.setenv(key, value)
+    distributed.init()
+    yield
+    from accelerate.state import PartialState
+
+    PartialState._reset_state()
+    distributed.shutdown()
+
+
+def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, one_process_group):
+    run = StageRun(name="cpt", model=None, tokenizer=None, train_dataset=None, eval_dataset=None, collator=None,
+                   stage_dir=Path(tmp_path), seed=0, bf16=False)
+    on = training_arguments(TrainConfig(gradient_checkpointing=True, deepspeed=""), run)
+    off = training_arguments(TrainConfig(deepspeed=""), run)
+    assert on.gradient_checkpointing and on.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert not off.gradient_checkpointing
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_under_zero3_trains_the_same_weights(tmp_path, isolated_cache):
+    common = ["run", "configs/tiny.yaml", "--until", "cpt", "model.dtype=float32", "cpt.max_steps=4",
+              "cpt.deepspeed=configs/deepspeed/zero3.json", "tracking.wandb.mode=disabled"]
+    jobs.ok(jobs.cptift(*common, f"run.output_dir={tmp_path / 'plain'}"))
+    jobs.ok(jobs.cptift(*common, "cpt.gradient_checkpointing=true", f"run.output_dir={tmp_path / 'ckpt'}"))
+    plain, ckpt = (jobs.weights(tmp_path / name / "cpt" / "final") for name in ("plain", "ckpt"))
+    # Recomputing a layer's forward in the backward pass repeats the same float32 operations.
+    assert jobs.max_weight_diff(plain, ckpt) < 1e-6
