@@ -178,6 +178,8 @@ def cmd_eval(args) -> int:
     run = pipeline.open_run(cfg)
     pipeline.run_step(run, "prepare")
     result = evaluate_checkpoint(resolve_model(args.model), run.data, cfg.evals, cfg.model.dtype)
+    if not run.world.is_writer:
+        return 0  # every rank evaluated its share; rank 0 holds the gathered result
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -202,9 +202,9 @@ def open_run(cfg: PipelineConfig) -> Run:
 def _resolve_base(path: str, world: distributed.World) -> str:
     """Built-in models are materialised by one process per node (caches may be node-local)."""
     if world.local_rank == 0:
-        resolved = resolve_model(path)
+        resolve_model(path)
     world.barrier()
-    return resolved if world.local_rank == 0 else resolve_model(path)
+    return resolve_model(path)  # the folder exists now: a path check
 
 
 def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[str, dict]:
@@ -223,7 +223,7 @@ def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[st
 def run_step(run: Run, step: str) -> dict:
     """Run one step on the ranks it needs, or skip it when rank 0 sees its marker."""
     world, marker = run.world, run.marker(step)
-    info = world.broadcast(json.loads(marker.read_text()) if marker.exists() else None)
+    info = world.broadcast(json.loads(marker.read_text()) if world.is_writer and marker.exists() else None)
     if info is not None:
         _say(world, f"[skip] {step}: finished {info['finished_at']} in {info['seconds']:.1f} s "
                     f"(delete {marker} to redo)")

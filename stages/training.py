@@ -140,9 +140,9 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
         save_total_limit=2,  # a 135M model's ZeRO checkpoint is ~1.6 GB with optimizer state
         bf16=run.bf16,
         deepspeed=resolve_deepspeed(cfg.deepspeed),
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers' newer name for it
         # Non-reentrant checkpointing works with ZeRO-3's parameter hooks and frozen inputs.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu else None,
         seed=run.seed,

@@ -31,8 +31,8 @@ def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, one_proces
                    stage_dir=Path(tmp_path), seed=0, bf16=False)
     on = training_arguments(TrainConfig(gradient_checkpointing=True, deepspeed=""), run)
     off = training_arguments(TrainConfig(deepspeed=""), run)
-    assert on.gradient_checkpointing and on.gradient_checkpointing_kwargs == {"use_reentrant": False}
-    assert not off.gradient_checkpointing
+    assert on.activation_checkpointing and on.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert not off.activation_checkpointing
 
 
 @pytest.mark.slow
@@ -44,3 +44,22 @@ def test_gradient_checkpointing_under_zero3_trains_the_same_weights(tmp_path, is
     plain, ckpt = (jobs.weights(tmp_path / name / "cpt" / "final") for name in ("plain", "ckpt"))
     # Recomputing a layer's forward in the backward pass repeats the same float32 operations.
     assert jobs.max_weight_diff(plain, ckpt) < 1e-6
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/deepspeed").glob("*.json")), ids=lambda p: p.name)
+def test_deepspeed_configs_leave_trainer_values_to_our_config(path):
+    """Batch sizes, clipping and precision come from cptift's config through the Trainer, stated once."""
+    from stages.training import resolve_deepspeed
+
+    ds = resolve_deepspeed(str(path))
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping"):
+        assert ds[key] == "auto", key
+    assert ds["bf16"]["enabled"] == ds["fp16"]["enabled"] == "auto"
+    zero = ds["zero_optimization"]
+    assert zero["stage"] in (1, 2, 3)
+    if zero["stage"] == 3:  # sizes that scale with the model: a fixed number breaks small or large ones
+        assert zero["stage3_param_persistence_threshold"] == zero["stage3_prefetch_bucket_size"] == "auto"
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # final/ is a loadable HF folder
+    for value in ds.get("optimizer", {}).get("params", {}).values():
+        assert value == "auto"
