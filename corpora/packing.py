@@ -1,58 +1,114 @@
-"""Pack tokenised documents into fixed-length blocks for CPT.
+"""Packing for both stages: fixed-length blocks whose documents never attend to each other.
 
-Documents are concatenated with one EOS token after each, so the model sees
-where a document ends, and the stream is cut into ``block_len`` rows with no
-padding. Every input token lands exactly once, either in a block or in the
-``tail`` (the last, shorter-than-a-block remainder, kept on disk but not
-trained on). ``doc_starts`` records where each document begins in the
-stream, so document boundaries survive packing.
+CPT: the token stream of a split (documents joined by one EOS each, see
+``corpora.shards``) is cut into ``block_len`` rows with no padding; the last,
+shorter remainder (the tail) is not trained. IFT: rendered examples are
+placed into blocks by best-fit decreasing; only each block's end is padded.
 
-    >>> p = pack_documents([[1, 2, 3], [4, 5]], eos_id=0, block_len=3)
-    >>> p.blocks.tolist(), p.tail.tolist(), p.doc_starts.tolist()
-    ([[1, 2, 3], [0, 4, 5]], [0], [0, 4])
+Either way each row carries ``position_ids`` that restart at 0 where a
+document (or example) begins. Given ``position_ids`` and no attention mask,
+transformers builds a block-diagonal causal mask on the SDPA and eager paths
+and flash-attn's variable-length kernel reads the same boundaries, so a
+document's logits equal its logits run alone. Labels are -100 on the first
+token of every document but the block's first (predicting it from the
+previous document would teach nothing), on IFT prompt tokens and on padding.
+
+    >>> f = cpt_block(np.array([5, 6, 0, 7, 8, 9]), np.array([0, 3]), "documents")
+    >>> f["position_ids"].tolist(), f["labels"].tolist()
+    ([0, 1, 2, 0, 1, 2], [5, 6, 0, -100, 8, 9])
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass
-class Packed:
-    blocks: np.ndarray  # int32 [n_blocks, block_len]
-    tail: np.ndarray  # int32 [< block_len], not trained on
-    doc_starts: np.ndarray  # int64 offsets of each document in the stream
-
-    @property
-    def tokens(self) -> int:
-        return int(self.blocks.size + self.tail.size)
+IGNORE_INDEX = -100
 
 
-def pack_documents(docs: Sequence[Sequence[int]], eos_id: int, block_len: int) -> Packed:
-    lengths = np.array([len(d) + 1 for d in docs], dtype=np.int64)
-    doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(docs) else np.zeros(0, np.int64)
-    stream = np.empty(int(lengths.sum()), dtype=np.int32)
-    for start, doc in zip(doc_starts, docs):
-        stream[start:start + len(doc)] = doc
-        stream[start + len(doc)] = eos_id
-    n_blocks = len(stream) // block_len
-    cut = n_blocks * block_len
-    return Packed(stream[:cut].reshape(n_blocks, block_len), stream[cut:].copy(), doc_starts.astype(np.int64))
+def position_ids(length: int, starts: Sequence[int]) -> np.ndarray:
+    """0, 1, 2, ... restarting at every offset in ``starts`` (0 is implied)."""
+    pos = np.arange(length, dtype=np.int64)
+    bounds = np.unique(np.concatenate([[0], np.asarray(starts, dtype=np.int64)]))
+    run_start = np.repeat(bounds, np.diff(np.concatenate([bounds, [length]])))
+    return pos - run_start
 
 
-def mix_blocks(domain: np.ndarray, replay: np.ndarray, ratio: float, seed: int) -> np.ndarray:
-    """Add replay blocks so they make up ``ratio`` of the result, then shuffle.
+def cpt_block(tokens: np.ndarray, doc_starts: np.ndarray, mode: str) -> dict[str, np.ndarray]:
+    """One CPT row. ``mode`` "documents": attention within documents; "stream": across them (old behaviour)."""
+    labels = tokens.astype(np.int64).copy()
+    out = {"input_ids": tokens.astype(np.int64), "labels": labels}
+    if mode == "documents":
+        starts = doc_starts[doc_starts > 0]
+        labels[starts] = IGNORE_INDEX
+        out["position_ids"] = position_ids(len(tokens), starts)
+    return out
 
-    Replay blocks are drawn without replacement while they last (then cycled),
-    so a small replay corpus is not over-weighted by repetition early on.
+
+def blocks_in(tokens: int, block_len: int) -> int:
+    return tokens // block_len
+
+
+def replay_order(n_domain: int, n_replay_available: int, ratio: float, seed: int) -> np.ndarray:
+    """Which replay block fills each replay slot, so that replay is ``ratio`` of all tokens.
+
+    Blocks all hold ``block_len`` tokens, so a share of blocks is a share of
+    tokens. Replay blocks are drawn without replacement while they last (then
+    the permutation repeats), so a small replay corpus is not over-weighted
+    early. The trainer's seeded sampler then interleaves them with the domain
+    blocks over the whole stage.
     """
-    if ratio <= 0 or len(replay) == 0:
-        return domain
-    n_replay = round(len(domain) * ratio / (1 - ratio))
-    rng = np.random.default_rng(seed)
-    picks = np.concatenate([rng.permutation(len(replay)) for _ in range(n_replay // len(replay) + 1)])[:n_replay]
-    mixed = np.concatenate([domain, replay[picks]])
-    return mixed[rng.permutation(len(mixed))]
+    if ratio <= 0 or n_replay_available == 0:
+        return np.zeros(0, np.int64)
+    n_replay = round(n_domain * ratio / (1 - ratio))
+    perm = np.random.default_rng(seed).permutation(n_replay_available)
+    return np.resize(perm, n_replay).astype(np.int64)
+
+
+def pack_examples(lengths: Sequence[int], block_len: int) -> list[list[int]]:
+    """Example indices per block, best-fit decreasing; each block's total is at most ``block_len``.
+
+    Deterministic: ties are broken by example index. Examples longer than a
+    block must be dropped before (``corpora.prepare`` does and counts them).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (room left, block index), kept sorted
+    blocks: list[list[int]] = []
+    for i in order:
+        need = lengths[i]
+        if need > block_len:
+            raise ValueError(f"example {i} has {need} tokens, more than a block of {block_len}")
+        k = bisect.bisect_left(free, (need, -1))
+        if k == len(free):
+            blocks.append([])
+            room, b = block_len, len(blocks) - 1
+        else:
+            room, b = free.pop(k)
+        blocks[b].append(i)
+        if room - need > 0:
+            bisect.insort(free, (room - need, b))
+    return [sorted(b) for b in blocks]
+
+
+def ift_block(examples: Sequence[dict], block_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Examples (``input_ids``, ``labels``) side by side in one row, padded at the end only."""
+    ids = [t for ex in examples for t in ex["input_ids"]]
+    labels = [t for ex in examples for t in ex["labels"]]
+    starts = np.cumsum([0] + [len(ex["input_ids"]) for ex in examples])[:-1]
+    pad = block_len - len(ids)
+    # The padding is a document of its own (positions restart) with no loss.
+    pos = position_ids(block_len, np.concatenate([starts, [len(ids)]]) if pad else starts)
+    return {"input_ids": np.array(ids + [pad_id] * pad, dtype=np.int64),
+            "labels": np.array(labels + [IGNORE_INDEX] * pad, dtype=np.int64), "position_ids": pos}
+
+
+def packing_efficiency(lengths: Sequence[int], block_len: int, batch: int) -> dict[str, float]:
+    """Share of real tokens in the rows the model computes, packed vs. padded per batch (in order)."""
+    total = int(sum(lengths))
+    if not total:
+        return {"packed": 0.0, "padded": 0.0}
+    packed_rows = len(pack_examples(lengths, block_len))
+    padded = sum(max(lengths[i:i + batch]) * len(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
+    return {"packed": total / (packed_rows * block_len), "padded": total / padded}

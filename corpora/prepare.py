@@ -2,32 +2,44 @@
 
     manifest = prepare(spec, tokenizer, Path("runs/demo/data"))
 
-Writes (all read back with ``allow_pickle=False`` or as JSON):
-- ``cpt_train.npz`` / ``cpt_val.npz``: packed blocks, tail and document starts;
+The CPT corpora (domain and replay) go through ``corpora.engine`` (datatrove)
+into a content-addressed cache shared by runs: ``<cache>/corpus-<key>/`` with
+``shards/<split>/`` (memory-mapped tokens with document boundaries) and
+``docs/<split>/`` (the cleaned text). The key hashes the input files, the
+tokenizer and the cleaning settings only, so runs that differ in training
+settings prepare once. The run's own folder holds (read back as JSON or
+memory-mapped arrays, never pickles):
+- ``manifest.json``: fingerprint, where the corpora are, sizes;
+- ``report.json`` / ``report.md``: the data report (``corpora.report``);
 - ``ift_train.jsonl``: ``{"input_ids", "labels"}`` per rendered example;
-- ``eval/<suite>/perplexity.jsonl`` and ``eval/<suite>/<task>.jsonl``;
-- ``manifest.json``: fingerprint, sizes and cleaning statistics (the data report).
+- ``eval/<suite>/perplexity.jsonl`` and ``eval/<suite>/<task>.jsonl``.
 
-Documents are split by id and instruction records by group with a seeded hash
-(``corpora.splits``), so test documents and test questions are never trained on.
+Documents are split by a seeded hash of their cleaned text and instruction
+records by group (``corpora.splits``), so test documents and test questions
+are never trained on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from corpora import manifest as mf
+from corpora import report as data_report
+from corpora.builtin import builtin_documents
 from corpora.chat import render_example
 from corpora.cleaning import clean_documents
-from corpora.packing import mix_blocks, pack_documents
-from corpora.sources import expand, read_documents, read_records, read_tasks
+from corpora.packing import pack_examples, packing_efficiency
+from corpora.engine import CorpusJob, Executor, build_corpus, remove_work
+from corpora.shards import TokenShards
+from corpora.sources import BUILTIN, DataError, expand, read_documents, read_records, read_tasks
 from corpora.splits import assign_split
 
 SPLIT_PREFIX = "split:"
@@ -51,6 +63,17 @@ class PrepareSpec:
     replay_ratio: float = 0.0
     # suite -> {"perplexity": [sources], "tasks": {name: source}}
     eval_suites: dict[str, dict] = field(default_factory=dict)
+    cleaning: dict = field(default_factory=dict)  # CorpusJob fields: max_chars, repetition, near_dedup, pii, ...
+    max_bad_fraction: float = 0.01  # fail when more of the input than this is unreadable
+    ift_micro_batch: int = 8  # for the padded-vs-packed efficiency figure only
+    cache_dir: str = ""  # "" -> $CPTIFT_CACHE/data
+    executor: Executor = field(default_factory=Executor)
+
+
+def cache_root(spec: PrepareSpec) -> Path:
+    if spec.cache_dir:
+        return Path(spec.cache_dir)
+    return Path(os.environ.get("CPTIFT_CACHE", Path.home() / ".cache" / "cptift")) / "data"
 
 
 def prepare(spec: PrepareSpec, tokenizer, out_dir: Path) -> dict:
@@ -62,62 +85,111 @@ def prepare(spec: PrepareSpec, tokenizer, out_dir: Path) -> dict:
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "eval").mkdir(parents=True)
-    report = _build(spec, tokenizer, tmp) | {"fingerprint": key, "format": mf.FORMAT_VERSION}
-    mf.write_json_atomic(tmp / "manifest.json", report)
+    manifest = _build(spec, tokenizer, tmp) | {"fingerprint": key, "format": mf.FORMAT_VERSION}
+    data_report.write(manifest, tmp)
+    mf.write_json_atomic(tmp / "manifest.json", manifest)
     # Swap in the finished folder only now, so a crash never leaves half-prepared data.
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    return report
+    return manifest
 
 
 def _fingerprint(spec: PrepareSpec, tokenizer) -> str:
     sources = set(spec.domain_sources + spec.instruction_sources + spec.replay_sources)
     for suite in spec.eval_suites.values():
         sources |= set(suite.get("perplexity", [])) | set(suite.get("tasks", {}).values())
-    inputs = [mf.source_fingerprint(s, [] if s.startswith(("builtin:", SPLIT_PREFIX)) else expand(s))
+    inputs = [mf.source_fingerprint(s, [] if s.startswith((BUILTIN, SPLIT_PREFIX)) else expand(s))
               for s in sorted(sources)]
-    return mf.fingerprint(inputs, mf.tokenizer_fingerprint(tokenizer), dataclasses.asdict(spec))
+    settings = dataclasses.asdict(spec)
+    settings.pop("executor")  # how preparation runs does not change what it produces
+    return mf.fingerprint(inputs, mf.tokenizer_fingerprint(tokenizer), settings)
 
 
 def _build(spec: PrepareSpec, tokenizer, out: Path) -> dict:
-    docs, stats = clean_documents(read_documents(spec.domain_sources, spec.text_field), spec.min_chars)
-    if spec.max_documents:
-        docs = docs[: spec.max_documents]
-    split = {s: [d for d in docs if assign_split(d["id"], spec.seed, spec.val_fraction, spec.test_fraction) == s]
-             for s in ("train", "val", "test")}
-    if not split["train"]:
-        raise ValueError("no domain documents left for training after cleaning and splitting; "
-                         "add sources or lower data.domain.min_chars")
-    report = {"cleaning": dataclasses.asdict(stats), "documents": {k: len(v) for k, v in split.items()}}
-    report["cpt"] = _write_cpt(spec, tokenizer, split, out)
+    domain = corpus(spec, spec.domain_sources, tokenizer, spec.val_fraction, spec.test_fraction)
+    manifest = {"domain": domain, "cpt": {"seq_len": spec.cpt_seq_len, "corpus": domain["path"]}}
+    if spec.replay_sources and spec.replay_ratio > 0:
+        replay = corpus(spec, spec.replay_sources, tokenizer, 0.0, 0.0)
+        manifest |= {"replay": replay}
+        manifest["cpt"] |= {"replay": replay["path"], "replay_ratio": spec.replay_ratio}
     records = _split_records(spec)
-    report["ift"] = _write_ift(tokenizer, records["train"], spec.ift_seq_len, out / "ift_train.jsonl")
-    report["eval"] = _write_evals(spec, {"domain/test": split["test"], "instructions/test": records["test"]}, out)
-    return report
+    manifest["ift"] = _write_ift(tokenizer, records["train"], spec.ift_seq_len, spec.ift_micro_batch,
+                                 out / "ift_train.jsonl")
+    test_docs = _read_docs(Path(domain["path"]) / "docs" / "test")
+    manifest["eval"] = _write_evals(spec, {"domain/test": test_docs, "instructions/test": records["test"]}, out)
+    return manifest
 
 
-def _tokenize(tokenizer, docs: list[dict], desc: str) -> list[list[int]]:
-    out = []
-    for i in tqdm(range(0, len(docs), 64), desc=f"tokenise {desc}", unit="batch", leave=False):
-        batch = [d["text"] for d in docs[i: i + 64]]
-        out += tokenizer(batch, add_special_tokens=False)["input_ids"]
-    return out
+def corpus(spec: PrepareSpec, sources: list[str], tokenizer, val: float, test: float) -> dict:
+    """The cleaned, tokenised corpus of ``sources`` from the cache, built there first if absent."""
+    if tokenizer.eos_token is None:
+        raise DataError("the tokenizer has no EOS token, which CPT puts between documents; "
+                        "set tokenizer.eos_token in the model folder's tokenizer_config.json")
+    settings = {"text_field": spec.text_field, "min_chars": spec.min_chars, "max_documents": spec.max_documents,
+                "seed": spec.seed, "val_fraction": val, "test_fraction": test} | spec.cleaning
+    inputs = [mf.source_fingerprint(s, [] if s.startswith(BUILTIN) else expand(s)) for s in sources]
+    key = mf.fingerprint(inputs, mf.tokenizer_fingerprint(tokenizer), settings)[:24]
+    final = cache_root(spec) / f"corpus-{key}"
+    if not (final / "corpus.json").exists():
+        _build_corpus(spec, sources, tokenizer, settings, final)
+    info = json.loads((final / "corpus.json").read_text())
+    _check_bad_share(info, spec.max_bad_fraction)
+    return info | {"path": str(final)}
 
 
-def _write_cpt(spec: PrepareSpec, tokenizer, split: dict, out: Path) -> dict:
-    eos = tokenizer.eos_token_id
-    train = pack_documents(_tokenize(tokenizer, split["train"], "domain"), eos, spec.cpt_seq_len)
-    blocks = train.blocks
-    info = {"block_len": spec.cpt_seq_len, "domain_blocks": len(blocks), "tail_tokens": int(train.tail.size)}
-    if spec.replay_ratio > 0 and spec.replay_sources:
-        replay_docs, _ = clean_documents(read_documents(spec.replay_sources, spec.text_field), spec.min_chars)
-        replay = pack_documents(_tokenize(tokenizer, replay_docs, "replay"), eos, spec.cpt_seq_len).blocks
-        blocks = mix_blocks(blocks, replay, spec.replay_ratio, spec.seed)
-        info["replay_blocks"] = len(blocks) - info["domain_blocks"]
-    np.savez(out / "cpt_train.npz", blocks=blocks, tail=train.tail, doc_starts=train.doc_starts)
-    val = pack_documents(_tokenize(tokenizer, split["val"], "val"), eos, spec.cpt_seq_len)
-    np.savez(out / "cpt_val.npz", blocks=val.blocks, tail=val.tail, doc_starts=val.doc_starts)
-    return info | {"train_blocks": len(blocks), "train_tokens": int(blocks.size), "val_blocks": len(val.blocks)}
+def _build_corpus(spec: PrepareSpec, sources: list[str], tokenizer, settings: dict, final: Path) -> None:
+    # A per-process partial folder: two runs preparing the same corpus never write into each other.
+    tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))  # datatrove needs a tokenizer.json path
+    files = _input_files(sources, tmp / "inputs")
+    counts = build_corpus(CorpusJob(files=files, **settings), tmp / "tokenizer.json", tokenizer.eos_token, tmp,
+                          spec.executor)
+    splits = {s: {"documents": TokenShards(tmp / "shards" / s).documents,
+                  "tokens": TokenShards(tmp / "shards" / s).tokens} for s in ("train", "val", "test")}
+    remove_work(tmp)
+    mf.write_json_atomic(tmp / "corpus.json", counts | {"splits": splits, "sources": sources, "settings": settings})
+    try:
+        tmp.rename(final)
+    except OSError:  # another run finished the same corpus first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _input_files(sources: list[str], builtin_dir: Path) -> list[tuple[str, str]]:
+    """(file, source) pairs in read order; built-in corpora are written to JSONL first."""
+    files = []
+    for source in sources:
+        if source.startswith(BUILTIN):
+            builtin_dir.mkdir(parents=True, exist_ok=True)
+            path = builtin_dir / f"{source[len(BUILTIN):]}.jsonl"
+            with path.open("w") as fh:
+                for doc in builtin_documents(source[len(BUILTIN):]):
+                    fh.write(json.dumps({"id": doc["id"], "text": doc["text"]}) + "\n")
+            files.append((str(path), source))
+        else:
+            files += [(str(p), source) for p in expand(source)]
+    return files
+
+
+def _check_bad_share(info: dict, max_fraction: float) -> None:
+    bad, read = len(info["problems"]), info["counts"].get("documents", 0)
+    if bad and bad > max_fraction * (bad + read):
+        first = info["problems"][0]
+        raise DataError(f"{bad} of {bad + read} inputs are unreadable ({100 * bad / (bad + read):.1f}%, more than "
+                        f"data.max_bad_fraction={max_fraction}); first: {first['file']}:{first['line']}: "
+                        f"{first['detail']}; fix the files or raise data.max_bad_fraction")
+    if not info["splits"]["train"]["tokens"]:
+        raise DataError("no domain documents left for training after cleaning and splitting; add sources or "
+                        "lower data.domain.min_chars (the data report lists what was dropped and why)")
+
+
+def _read_docs(folder: Path) -> list[dict]:
+    docs = []
+    for path in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            docs += [{"id": row["id"], "text": row["text"]} for row in map(json.loads, fh)]
+    return docs
 
 
 def _split_records(spec: PrepareSpec) -> dict[str, list[dict]]:
@@ -132,8 +204,8 @@ def _split_records(spec: PrepareSpec) -> dict[str, list[dict]]:
     return split
 
 
-def _write_ift(tokenizer, records: list[dict], max_len: int, path: Path) -> dict:
-    kept = too_long = 0
+def _write_ift(tokenizer, records: list[dict], max_len: int, batch: int, path: Path) -> dict:
+    kept, too_long, lengths = 0, 0, []
     with path.open("w") as fh:
         for rec in tqdm(records, desc="render chat", unit="rec", leave=False):
             ids, labels = render_example(tokenizer, rec["messages"])
@@ -142,7 +214,10 @@ def _write_ift(tokenizer, records: list[dict], max_len: int, path: Path) -> dict
                 continue
             fh.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
             kept += 1
-    return {"examples": kept, "dropped_too_long": too_long}
+            lengths.append(len(ids))
+    return {"examples": kept, "dropped_too_long": too_long, "seq_len": max_len,
+            "packed_blocks": len(pack_examples(lengths, max_len)),
+            "packing_efficiency": packing_efficiency(lengths, max_len, batch)}
 
 
 def _write_evals(spec: PrepareSpec, splits: dict[str, list[dict]], out: Path) -> dict:

@@ -1,53 +1,80 @@
 """Read documents, instruction records and eval items from user sources.
 
 A source is a file, a folder, a glob, or ``builtin:<name>`` (see
-``corpora.builtin``). Supported files: ``.txt``/``.md`` (one document per
-file), ``.jsonl`` (one row per line), ``.parquet``; a folder written by
-``datasets.save_to_disk`` is read with ``datasets.load_from_disk``; any other
-folder is searched recursively for supported files.
+``corpora.builtin``). A folder is searched recursively for supported files;
+a folder written by ``datasets.save_to_disk`` is one source, wherever it is.
 
-    docs = list(read_documents(["notes/*.md", "dump.jsonl"], text_field="text"))
+Two kinds of reader:
+- documents (CPT domain and replay text) are read by ``corpora.readers``:
+  streaming and tolerant. With ``on_problem`` every problem is handed over as
+  a ``Problem`` (file, line, reason) and reading goes on; without it the first
+  problem raises ``DataError``. Formats: ``.txt``/``.md``/``.rst`` (one
+  document per file), ``.jsonl`` (also ``.gz``/``.zst``), ``.json``,
+  ``.parquet``, datasets folders.
+- instruction records and eval items are strict: a bad row raises
+  ``DataError`` with the file, the line and the field, and what to do (a
+  broken training example or eval item must be fixed, not skipped). They
+  read ``.jsonl``, ``.parquet`` and datasets folders.
 
-Bad rows fail with the file, the line and the field, and what to do.
+    docs = read_documents(["notes/*.md", "dump.jsonl"], text_field="text", on_problem=problems.append)
 """
 
 from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corpora.builtin import builtin_documents, builtin_records, builtin_tasks
+from corpora.readers import (TEXT_SUFFIXES, DataError, Problem, ProblemSink, describe, document_kind,
+                             is_hf_dataset, raise_problem, read_file_documents)
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst"}
+__all__ = ["BUILTIN", "DataError", "Problem", "ProblemSink", "describe", "expand", "read_documents",
+           "read_file_documents", "read_records", "read_tasks", "normalise_record", "check_task_item"]
+
 ROW_SUFFIXES = {".jsonl", ".parquet"}
+RECORD_SUFFIXES = TEXT_SUFFIXES | ROW_SUFFIXES  # what the strict readers take from a folder, as before
 BUILTIN = "builtin:"
+_is_hf_dataset = is_hf_dataset  # the old private name
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
+def expand(source: str, suffixes: set[str] | None = None) -> list[Path]:
+    """The files (and datasets folders) a source names, sorted so that reading is deterministic.
 
-
-def expand(source: str) -> list[Path]:
-    """The files a source names, sorted so that reading is deterministic."""
+    A folder yields the document files in it (``corpora.readers.document_kind``),
+    or, with ``suffixes``, the files with those suffixes. A file named outright
+    is returned whatever its type.
+    """
     if any(ch in source for ch in "*?["):
         paths = [Path(p) for p in sorted(glob.glob(source, recursive=True))]
     else:
         paths = [Path(source)]
+    wanted = (lambda p: document_kind(p) is not None) if suffixes is None else (lambda p: p.suffix in suffixes)
     files: list[Path] = []
     for path in paths:
-        if path.is_dir() and not _is_hf_dataset(path):
-            files += sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES | ROW_SUFFIXES)
+        if path.is_dir() and not is_hf_dataset(path):
+            files += _search(path, wanted)
         elif path.exists():
             files.append(path)
     if not files:
-        raise DataError(f"source {source!r}: no such file, or no .txt/.md/.jsonl/.parquet files in it")
+        raise DataError(f"source {source!r}: no such file, or no .txt/.md/.rst/.jsonl/.jsonl.gz/.jsonl.zst/"
+                        f".json/.parquet files or datasets folders in it")
     return files
 
 
-def _is_hf_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+def _search(root: Path, wanted: Callable[[Path], bool]) -> list[Path]:
+    """``wanted`` files under ``root``; a datasets folder is one entry, never searched (its .json are metadata)."""
+    found = []
+    for folder, dirs, names in os.walk(root):  # like rglob: symlinked folders are not followed
+        here = Path(folder)
+        for sub in [d for d in dirs if is_hf_dataset(here / d)]:
+            dirs.remove(sub)
+            if wanted(here / sub):
+                found.append(here / sub)
+        found += [here / name for name in names if wanted(here / name)]
+    return sorted(found)
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -62,7 +89,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
     if path.suffix == ".parquet":
         table = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    elif _is_hf_dataset(path):
+    elif is_hf_dataset(path):
         table = datasets.load_from_disk(str(path))
         if isinstance(table, datasets.DatasetDict):
             table = table["train"] if "train" in table else next(iter(table.values()))
@@ -82,24 +109,20 @@ def _parse_json(line: str, path: Path, lineno: int) -> dict:
     return row
 
 
-def read_documents(sources: list[str], text_field: str = "text") -> Iterator[dict]:
-    """Yield ``{"id", "text"}`` documents from every source, in order."""
+def read_documents(sources: list[str], text_field: str = "text",
+                   on_problem: ProblemSink | None = None) -> Iterator[dict]:
+    """Yield ``{"id", "text"}`` documents from every source, in order, streaming.
+
+    ``on_problem`` receives every bad input (``Problem``) and reading goes on;
+    None: the first one raises ``DataError`` naming the file and line.
+    """
+    sink = on_problem or raise_problem
     for source in sources:
         if source.startswith(BUILTIN):
             yield from builtin_documents(source[len(BUILTIN):])
             continue
         for path in expand(source):
-            if path.suffix in TEXT_SUFFIXES:
-                yield {"id": str(path), "text": path.read_text(encoding="utf-8", errors="replace")}
-                continue
-            for lineno, row in iter_rows(path):
-                text = row.get(text_field)
-                if not isinstance(text, str):
-                    raise DataError(
-                        f"{path}:{lineno}: field {text_field!r} missing or not a string; "
-                        f"set data.domain.text_field to the field that holds the text (row keys: {sorted(row)})"
-                    )
-                yield {"id": f"{path}:{lineno}", "text": text}
+            yield from read_file_documents(path, text_field, sink)
 
 
 def read_records(sources: list[str]) -> Iterator[dict]:
@@ -108,7 +131,7 @@ def read_records(sources: list[str]) -> Iterator[dict]:
         if source.startswith(BUILTIN):
             yield from builtin_records(source[len(BUILTIN):])
             continue
-        for path in expand(source):
+        for path in expand(source, RECORD_SUFFIXES):
             for lineno, row in iter_rows(path):
                 yield normalise_record(row, f"{path}:{lineno}")
 
@@ -151,7 +174,7 @@ def read_tasks(source: str) -> list[dict]:
     if source.startswith(BUILTIN):
         return builtin_tasks(source[len(BUILTIN):])
     items = []
-    for path in expand(source):
+    for path in expand(source, RECORD_SUFFIXES):
         for lineno, row in iter_rows(path):
             items.append(check_task_item(row, f"{path}:{lineno}"))
     return items

@@ -37,6 +37,22 @@ class EvalParameters(enum.StrEnum):
     zero3 = "zero3"  # parameters partitioned over ranks (DeepSpeed ZeRO-3), for models larger than one device
 
 
+class Packing(enum.StrEnum):
+    documents = "documents"  # packed rows, position_ids restart per document: no attention across documents
+    stream = "stream"  # CPT only: packed rows, documents attend to the ones before them (for comparison)
+    padded = "padded"  # IFT only: one example per row, padded to the longest in the batch
+
+
+class LrSchedule(enum.StrEnum):
+    cosine = "cosine"  # re-warm to the peak, re-decay by cosine to min_lr_ratio (arXiv 2308.04014, 2403.08763)
+    wsd = "wsd"  # warmup-stable-decay: constant peak, then decay over the last decay_fraction (arXiv 2404.06395)
+
+
+class DataExecutor(enum.StrEnum):
+    local = "local"  # datatrove's local executor: engine.workers processes on this machine
+    slurm = "slurm"  # datatrove's Slurm executor: one sbatch array job per stage, on a shared file system
+
+
 class WandbMode(enum.StrEnum):
     offline = "offline"
     online = "online"
@@ -94,10 +110,59 @@ class InstructionSet:
 
 
 @dataclass
+class CleaningConfig:
+    """Applied to the domain and the replay corpus; every step is counted in the data report."""
+
+    max_chars: int = 0  # drop documents longer than this many characters (0 = no limit)
+    repetition: bool = True  # drop documents whose lines / paragraphs / 10-grams repeat too much
+    max_duplicate_paragraph_fraction: float = 0.5  # of paragraphs, and of characters in them (web filters: 0.3)
+    # Of lines, of characters in them, and of characters in repeated 10-grams (web: 0.3 / 0.2 / 0.1).
+    # API docs repeat signatures and separators: the stdlib docs reach 0.89 of lines.
+    max_duplicate_line_fraction: float = 0.95
+    near_dedup: bool = True  # MinHash near-duplicate removal (exact copies are removed with it)
+    pii: list[str] = field(default_factory=lambda: ["email", "phone", "ipv4", "ipv6", "card", "key"])  # types scrubbed
+
+    def __post_init__(self) -> None:
+        unknown = set(self.pii) - {"email", "phone", "ipv4", "ipv6", "card", "key"}
+        if unknown:
+            raise ConfigError(f"data.cleaning.pii: unknown types {sorted(unknown)}; use email, phone, ipv4, "
+                              "ipv6, card, key")
+        for name in ("max_duplicate_paragraph_fraction", "max_duplicate_line_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"data.cleaning.{name} must be in (0, 1]")
+
+
+@dataclass
+class SlurmOptions:
+    partition: str = ""  # "" = the cluster's default partition
+    time: str = "24:00:00"  # per task
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+
+
+@dataclass
+class EngineConfig:
+    """How CPT corpus preparation runs; the prepared shards do not depend on it except through tasks."""
+
+    executor: DataExecutor = DataExecutor.local
+    workers: int = 2  # processes (local) or concurrent array tasks (slurm)
+    tasks: int = 8  # output shards per split, at most the number of input files
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.tasks < 1:
+            raise ConfigError("data.engine.workers and data.engine.tasks must be at least 1")
+
+
+@dataclass
 class DataConfig:
     domain: SourceSet = field(default_factory=SourceSet)
     instructions: InstructionSet = field(default_factory=InstructionSet)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    max_bad_fraction: float = 0.01  # fail when more than this share of input rows / files is unreadable
+    cache_dir: str = ""  # prepared corpora, shared by runs ("" = $CPTIFT_CACHE/data, ~/.cache/cptift/data)
 
 
 @dataclass
@@ -117,6 +182,9 @@ class TrainConfig:
     logging_steps: int = 5  # log loss every this many steps
     deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "" trains without DeepSpeed
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (~1/3 more compute)
+    packing: Packing = Packing.documents  # CPT: documents | stream; IFT: documents | padded
+    lr_schedule: LrSchedule = LrSchedule.cosine  # cosine (re-warm, re-decay) or wsd
+    decay_fraction: float = 0.2  # wsd: share of max_steps spent decaying at the end
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.seq_len < 8 or self.micro_batch_size < 1:
@@ -125,6 +193,11 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})"
             )
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.lr_schedule == LrSchedule.wsd and self.warmup_steps + self.decay_fraction * self.max_steps > \
+                self.max_steps:
+            raise ConfigError("wsd: warmup_steps + decay_fraction * max_steps must not exceed max_steps")
 
 
 @dataclass
@@ -185,6 +258,10 @@ class PipelineConfig:
             raise ConfigError("data.domain.sources is empty: CPT needs at least one source")
         if not self.data.instructions.sources:
             raise ConfigError("data.instructions.sources is empty: IFT needs at least one source")
+        if self.cpt.packing == Packing.padded:
+            raise ConfigError("cpt.packing: padded is for IFT; CPT blocks are full (use documents or stream)")
+        if self.ift.packing == Packing.stream:
+            raise ConfigError("ift.packing: stream would let examples attend to each other; use documents or padded")
 
 
 # ---------------------------------------------------------------- loading

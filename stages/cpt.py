@@ -1,20 +1,26 @@
-"""Continued pre-training: next-token prediction on packed domain blocks.
+"""Continued pre-training: next-token prediction on packed domain blocks (plus replay).
 
     final = run_cpt(cfg, base_model_path, data_dir, run_dir / "cpt", tracker)
 
-Reads only what ``corpora.prepare`` wrote (``cpt_train.npz``/``cpt_val.npz``).
-Every block is a full ``seq_len`` row of real tokens (documents joined by EOS),
-so labels are the inputs themselves and no attention mask is needed.
+Reads only what ``corpora.prepare`` wrote: the memory-mapped token shards of
+the domain corpus (and of the replay corpus), whose location the run's
+``manifest.json`` records. Block ``i`` of the domain stream is tokens
+``[i * seq_len, (i + 1) * seq_len)``; nothing but the pages a batch touches is
+read, so memory stays flat however large the corpus. With ``cpt.packing:
+documents`` (the default) each row carries ``position_ids`` that restart at
+every document, so no document attends to the one before it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import default_data_collator
 
+from corpora.packing import cpt_block, replay_order
+from corpora.shards import TokenShards
 from stages.config import PipelineConfig
 from stages.modeling import load_model, load_tokenizer
 from stages.tracking import TrackerCallback
@@ -25,20 +31,41 @@ MAX_VAL_BLOCKS = 16
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    def __init__(self, blocks: np.ndarray) -> None:
-        self.blocks = blocks
+    """Fixed-length blocks of a token stream; optionally followed by replay blocks.
+
+    Indices ``[0, n_domain)`` are domain blocks in stream order and the rest
+    are replay blocks (``replay_order`` picks which); the trainer's seeded
+    sampler interleaves the two over the whole stage.
+    """
+
+    def __init__(self, shards: TokenShards, seq_len: int, mode: str, replay: TokenShards | None = None,
+                 replay_ratio: float = 0.0, seed: int = 0, limit: int = 0) -> None:
+        self.shards, self.seq_len, self.mode, self.replay = shards, seq_len, mode, replay
+        self.n_domain = shards.tokens // seq_len
+        if limit:
+            self.n_domain = min(self.n_domain, limit)
+        available = replay.tokens // seq_len if replay is not None else 0
+        self.replay_blocks = replay_order(self.n_domain, available, replay_ratio, seed)
 
     def __len__(self) -> int:
-        return len(self.blocks)
+        return self.n_domain + len(self.replay_blocks)
 
     def __getitem__(self, i: int) -> dict:
-        ids = torch.from_numpy(self.blocks[i].astype(np.int64))
-        return {"input_ids": ids, "labels": ids.clone()}
+        shards, block = (self.shards, i) if i < self.n_domain else \
+            (self.replay, int(self.replay_blocks[i - self.n_domain]))
+        start, stop = block * self.seq_len, (block + 1) * self.seq_len
+        row = cpt_block(shards.read(start, stop), shards.doc_starts(start, stop), self.mode)
+        return {k: torch.from_numpy(v) for k, v in row.items()}
 
 
-def load_blocks(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        return data["blocks"]
+def cpt_datasets(cfg: PipelineConfig, data_dir: Path) -> tuple[BlockDataset, BlockDataset]:
+    info = json.loads((data_dir / "manifest.json").read_text())["cpt"]
+    corpus, seq_len, mode = Path(info["corpus"]), cfg.cpt.seq_len, cfg.cpt.packing
+    replay = TokenShards(Path(info["replay"]) / "shards" / "train") if info.get("replay") else None
+    train = BlockDataset(TokenShards(corpus / "shards" / "train"), seq_len, mode, replay,
+                         info.get("replay_ratio", 0.0), cfg.run.seed)
+    val = BlockDataset(TokenShards(corpus / "shards" / "val"), seq_len, mode, limit=MAX_VAL_BLOCKS)
+    return train, val
 
 
 def cpt_stage(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path) -> StageRun:
@@ -46,10 +73,9 @@ def cpt_stage(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: P
     tokenizer = load_tokenizer(model_path)
     # Train from float32 weights: DeepSpeed's bf16 mode keeps fp32 master weights.
     model = load_model(model_path, "float32", cfg.model.attn_implementation)
+    train, val = cpt_datasets(cfg, data_dir)
     return StageRun(
-        name="cpt", model=model, tokenizer=tokenizer,
-        train_dataset=BlockDataset(load_blocks(data_dir / "cpt_train.npz")),
-        eval_dataset=BlockDataset(load_blocks(data_dir / "cpt_val.npz")[:MAX_VAL_BLOCKS]),
+        name="cpt", model=model, tokenizer=tokenizer, train_dataset=train, eval_dataset=val,
         collator=default_data_collator, stage_dir=stage_dir, seed=cfg.run.seed,
         bf16=cfg.model.dtype == "bfloat16",
     )

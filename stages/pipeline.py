@@ -31,6 +31,8 @@ from pathlib import Path
 import yaml
 
 from corpora.manifest import write_json_atomic
+from corpora import report as data_report
+from corpora.engine import Executor
 from corpora.prepare import PrepareSpec, prepare
 from stages import distributed, export, forgetting
 from stages.config import ConfigError, PipelineConfig, save_config, to_dict
@@ -99,6 +101,9 @@ def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
         val_fraction=d.domain.val_fraction, test_fraction=d.domain.test_fraction,
         instruction_test_fraction=d.instructions.test_fraction, max_records=d.instructions.max_records,
         replay_sources=d.replay.sources, replay_ratio=d.replay.ratio, eval_suites=suites,
+        cleaning=to_dict(d.cleaning), max_bad_fraction=d.max_bad_fraction, ift_micro_batch=cfg.ift.micro_batch_size,
+        cache_dir=d.cache_dir, executor=Executor(kind=str(d.engine.executor), workers=d.engine.workers,
+                                                 slurm=to_dict(d.engine.slurm)),
     )
 
 
@@ -107,21 +112,9 @@ def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
 
 def step_prepare(run: Run) -> dict:
     manifest = prepare(spec_from_config(run.cfg), load_tokenizer(run.base), run.data)
-    print(data_report(manifest))
-    return {"fingerprint": manifest["fingerprint"], "reused": manifest.get("reused", False)}
-
-
-def data_report(manifest: dict) -> str:
-    c, cpt, ift = manifest["cleaning"], manifest["cpt"], manifest["ift"]
-    lines = [
-        f"documents: {c['documents_in']} read, {c['too_short']} too short, {c['exact_duplicates']} exact "
-        f"duplicates; split {manifest['documents']}",
-        f"cpt: {cpt['train_blocks']} blocks x {cpt['block_len']} tokens = {cpt['train_tokens']:,} tokens "
-        f"({cpt.get('replay_blocks', 0)} replay blocks; {cpt['tail_tokens']} tail tokens not trained)",
-        f"ift: {ift['examples']} examples ({ift['dropped_too_long']} dropped as longer than ift.seq_len)",
-        "eval: " + ", ".join(f"{k}={v}" for k, v in manifest["eval"].items()),
-    ]
-    return "\n".join(lines)
+    print(data_report.read(run.data))
+    return {"fingerprint": manifest["fingerprint"], "reused": manifest.get("reused", False),
+            "report": str(run.data / "report.md")}
 
 
 def make_eval_step(stage: str) -> Callable[[Run], dict]:

@@ -120,6 +120,22 @@ class SampleLog(TrainerCallback):
             fh.write(json.dumps({"step": state.global_step, "ids": ids}) + "\n")
 
 
+def lr_schedule(cfg: TrainConfig) -> dict:
+    """Our schedule presets as TrainingArguments (the DeepSpeed JSONs leave the scheduler to the Trainer).
+
+    cosine: linear re-warm over ``warmup_steps`` to the peak, cosine re-decay to
+    ``min_lr_ratio`` of it (arXiv 2308.04014, 2403.08763). wsd: re-warm, hold the
+    peak, decay over the last ``decay_fraction`` of the steps (arXiv 2404.06395),
+    which lets a run be extended from its stable phase.
+    """
+    if cfg.lr_schedule == "wsd":
+        decay = max(1, round(cfg.decay_fraction * cfg.max_steps))
+        return {"lr_scheduler_type": "warmup_stable_decay",
+                "lr_scheduler_kwargs": {"num_decay_steps": decay, "min_lr_ratio": cfg.min_lr_ratio,
+                                        "decay_type": "cosine"}}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": cfg.min_lr_ratio}}
+
+
 def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
     on_cpu = not torch.cuda.is_available()
     return TrainingArguments(
@@ -129,8 +145,7 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
         per_device_eval_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        **lr_schedule(cfg),
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -157,6 +172,9 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
 def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     """Train on every rank (resuming from the newest checkpoint if one exists), save ``final/``."""
     world = distributed.init()
+    # Without a KV cache transformers reads document boundaries from position_ids;
+    # with one (the default, even in training) packed documents attend to each other.
+    run.model.config.use_cache = False
     sample_log = SampleLog(run.collator, run.stage_dir / "samples" / f"rank-{world.rank:05d}.jsonl")
     trainer = Trainer(
         model=run.model, args=training_arguments(cfg, run), train_dataset=IndexedDataset(run.train_dataset),
@@ -189,6 +207,7 @@ def _train(trainer: Trainer, run: StageRun) -> dict:
 def save_final(trainer: Trainer, final: Path) -> None:
     """Write the full model + tokenizer to ``final/`` atomically (rank 0 writes)."""
     partial = final.with_name("final.partial")
+    trainer.model.config.use_cache = True  # the saved model generates with a cache
     if trainer.is_world_process_zero():
         shutil.rmtree(partial, ignore_errors=True)
     trainer.save_model(str(partial))  # every rank joins: ZeRO-3 gathers shards here

@@ -15,7 +15,8 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage: cptift " + command in capsys.readouterr().out
 
 
-def test_bad_data_row_exits_2_naming_file_line_and_field(tmp_path, capsys):
+def test_too_much_bad_data_exits_2_naming_file_line_and_field(tmp_path, capsys):
+    """One bad row of two is above data.max_bad_fraction (1%): preparation stops and says where and what to do."""
     domain = tmp_path / "docs.jsonl"
     domain.write_text(json.dumps({"text": "x" * 300}) + "\n" + json.dumps({"body": "y" * 300}) + "\n")
     sft = tmp_path / "sft.jsonl"
@@ -25,7 +26,8 @@ def test_bad_data_row_exits_2_naming_file_line_and_field(tmp_path, capsys):
                  "tracking.wandb.mode=disabled"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith(f"error: {domain}:2: field 'text' missing")  # one closing line
+    assert err[-1].startswith("error: 1 of 2 inputs are unreadable")  # one closing line
+    assert f"first: {domain}:2: field 'text' missing" in err[-1] and "raise data.max_bad_fraction" in err[-1]
     assert not (tmp_path / "run" / "data").exists()  # nothing half-prepared left behind
 
 

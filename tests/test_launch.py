@@ -132,7 +132,7 @@ def test_killing_one_rank_during_cpt_ends_the_job_within_60_s(tmp_path, isolated
         assert job.poll() is None and time.time() < deadline, (tmp_path / "job.log").read_text()[-3000:]
         time.sleep(0.2)
     finished = ["steps/prepare.json", "steps/eval_base.json", "base/eval.json", "data/manifest.json",
-                "data/cpt_train.npz", "config.yaml"]
+                "data/report.json", "data/ift_train.jsonl", "config.yaml"]
     before = _digests(out, finished)
     victims = jobs.rank_pids(job.pid, rank=1)
     assert len(victims) == 1, victims

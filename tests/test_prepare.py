@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from corpora.prepare import PrepareSpec, prepare
 from corpora.sources import DataError, read_documents, read_records
+from corpora.shards import TokenShards
 from corpora.splits import assign_split
+from corpora.steps import content_hash
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -80,7 +81,9 @@ def _spec(corpus: Path, sft: Path, **kw) -> PrepareSpec:
         instruction_sources=[str(sft)], cpt_seq_len=32, ift_seq_len=128, text_field="body", min_chars=20,
         val_fraction=0.1, test_fraction=0.3, instruction_test_fraction=0.3,
         eval_suites={"domain": {"perplexity": ["split:domain/test"], "tasks": {"qa": "split:instructions/test"}}},
-        **kw,
+        # The synthetic texts cycle through 12 words: repetitive and near-duplicates of each other by design.
+        cleaning={"repetition": False, "near_dedup": False},
+        cache_dir=str(corpus.parent / "cache"), **kw,
     )
 
 
@@ -100,15 +103,15 @@ def test_prepare_splits_keep_test_data_out_of_training(corpus, sft, tiny_tokeniz
     out = tmp_path / "data"
     manifest = prepare(_spec(corpus, sft), tiny_tokenizer, out)
     docs = list(read_documents(_spec(corpus, sft).domain_sources, "body"))
-    split = {d["id"]: assign_split(d["id"], 0, 0.1, 0.3) for d in docs}
+    split = {d["text"]: assign_split(content_hash(d["text"]), 0, 0.1, 0.3) for d in docs}
     test_texts = {json.loads(line)["text"] for line in (out / "eval/domain/perplexity.jsonl").open()}
-    assert test_texts == {d["text"] for d in docs if split[d["id"]] == "test"} and test_texts
-    # Every training token is accounted for: blocks + tail == train docs + one EOS each.
-    with np.load(out / "cpt_train.npz", allow_pickle=False) as z:
-        trained = z["blocks"].size + z["tail"].size
-    expected = sum(len(tiny_tokenizer(d["text"], add_special_tokens=False)["input_ids"]) + 1
-                   for d in docs if split[d["id"]] == "train")
+    assert test_texts == {t for t, s in split.items() if s == "test"} and test_texts
+    # Every training token is accounted for: the train shards hold the train docs + one EOS each.
+    trained = TokenShards(Path(manifest["cpt"]["corpus"]) / "shards" / "train").tokens
+    expected = sum(len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
+                   for t, s in split.items() if s == "train")
     assert trained == expected
+    assert (out / "report.md").read_text().startswith("# Data report")
     held_out = {json.loads(line)["id"].split(".")[0] for line in (out / "eval/domain/qa.jsonl").open()}
     n_train = sum(1 for _ in (out / "ift_train.jsonl").open())
     assert held_out and n_train == 3 * (12 - len(held_out))  # whole groups held out, the rest trained

@@ -1,0 +1,258 @@
+"""Our datatrove pipeline steps: the parts of corpus preparation datatrove lacks or gets wrong.
+
+Each step is a ``datatrove`` ``PipelineStep``, so it runs unchanged on the
+local executor (N worker processes) and on the Slurm executor, and its
+``stat_update`` counts land in the executor's ``stats.json`` (the data report
+reads them from there). ``corpora.engine`` assembles them into stages.
+
+- ``SourceReader``: our validated readers instead of datatrove's, because
+  datatrove's skip a malformed line or a row without the text field with a log
+  line only, drop the rest of a file after one non-UTF-8 byte, and say nothing
+  about an empty file. Ours skip, count and list every problem with its file
+  and line (``problems/<rank>.jsonl``) and keep every good row.
+- ``Normalise`` / ``ScrubPII``: formatters over ``corpora.cleaning.normalise``
+  and ``corpora.pii.scrub_pii`` (datatrove's PIIFormatter knows e-mail and IPv4
+  only and takes version numbers for addresses).
+- ``LengthFilter``: characters after cleaning.
+- ``Route``: after near-duplicate removal, tags each document's split and
+  records minhash cluster representatives, so exact and near duplicates can
+  be told apart in the report.
+- ``CountingTokenizer``: datatrove's ``DocumentTokenizer`` plus tokens per source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import datatrove.executor
+import datatrove.executor.base
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.pipeline.tokens.tokenizer import DocumentTokenizer
+from datatrove.utils.word_tokenizers import WhitespaceTokenizer
+
+from loguru import logger
+
+from corpora.cleaning import normalise
+from corpora.pii import scrub_pii
+from corpora.sources import Problem, read_file_documents
+from corpora.splits import assign_split
+
+
+class PlainWords(WhitespaceTokenizer):
+    """Words as runs of letters/digits or single punctuation marks, for MinHash and repetition.
+
+    datatrove 0.10's WhitespaceTokenizer splits words with spaCy's multilingual
+    model (a 200 MB dependency); a regex is enough for n-gram overlap.
+    """
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _WORDS.findall(text)
+
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def _quiet_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+    """datatrove's task logger, with stderr at WARNING (it prints every task at INFO); the log files keep all.
+
+    Installed when this module is imported, which every datatrove worker does
+    to unpickle our steps, so spawned and Slurm workers are quiet too.
+    """
+    logfile = _task_logger(logging_dir, rank, local_rank, node_rank)
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("CPTIFT_DATATROVE_LOG", "WARNING"))
+    logger.add(logfile, level="DEBUG")
+    return logfile
+
+
+def _quiet_close(logfile) -> None:
+    """datatrove's closing re-adds stderr at INFO; keep it at our level."""
+    _close_logger(logfile)
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("CPTIFT_DATATROVE_LOG", "WARNING"))
+
+
+_task_logger, _close_logger = datatrove.executor.base.add_task_logger, datatrove.executor.base.close_task_logger
+datatrove.executor.base.add_task_logger = _quiet_task_logger
+datatrove.executor.base.close_task_logger = _quiet_close
+logger.remove()
+logger.add(sys.stderr, level=os.environ.get("CPTIFT_DATATROVE_LOG", "WARNING"))
+
+
+class QuietLocalExecutor(datatrove.executor.LocalPipelineExecutor):
+    """datatrove's local executor, defined here so that every spawned worker imports this module
+    (unpickling the executor) and so gets the quiet task logger above."""
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class SourceReader(PipelineStep):
+    """Reads task ``rank``'s share of the files (``files[rank::world_size]``), in order.
+
+    ``files`` is a list of ``(path, source)`` pairs: ``source`` is the config's
+    source string the file came from, kept in each document's metadata for the
+    per-source counts. ``limit`` caps the documents of a task (0: all).
+    """
+
+    name = "cptift reader"
+    type = "READER"
+
+    def __init__(self, files: list[tuple[str, str]], text_field: str, problems_dir: str, limit: int = 0):
+        super().__init__()
+        self.files, self.text_field, self.problems_dir, self.limit = files, text_field, problems_dir, limit
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        log_path = Path(self.problems_dir) / f"{rank:05d}.jsonl"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        count = 0
+        with log_path.open("w") as log:
+            def on_problem(problem: Problem) -> None:
+                log.write(json.dumps(dataclasses.asdict(problem)) + "\n")
+                self.stat_update(f"bad_{problem.reason}")
+
+            for path, source in self.files[rank::world_size]:
+                for doc in read_file_documents(Path(path), self.text_field, on_problem):
+                    if self.limit and count >= self.limit:
+                        return
+                    count += 1
+                    self.stat_update("documents", f"documents:{source}")
+                    self.stat_update(f"chars:{source}", value=len(doc["text"]))
+                    yield Document(text=doc["text"], id=doc["id"], metadata={"source": source})
+
+
+class RankFileReader(PipelineStep):
+    """Task ``r`` reads ``<folder>/<r:05d>.jsonl.gz`` (what task ``r`` of the stage before wrote), or nothing.
+
+    datatrove's JsonlReader deals the *existing* files out by position, so a
+    task that wrote nothing would shift every later task onto the wrong file
+    and break MinHash's positional matching.
+    """
+
+    name = "rank file reader"
+    type = "READER"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        path = Path(self.folder) / f"{rank:05d}.jsonl.gz"
+        if not path.exists():
+            return
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                yield Document(text=row["text"], id=row["id"], metadata=row.get("metadata", {}))
+
+
+class Normalise(BaseFormatter):
+    """Unicode NFC, line endings, control characters, blank-line runs (``corpora.cleaning``)."""
+
+    name = "normalise"
+
+    def format(self, text: str) -> str:
+        return normalise(text)
+
+
+class LengthFilter(BaseFilter):
+    name = "length"
+
+    def __init__(self, min_chars: int, max_chars: int = 0):
+        super().__init__()
+        self.min_chars, self.max_chars = min_chars, max_chars
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if len(doc.text) < self.min_chars:
+            return False, "too_short"
+        if self.max_chars and len(doc.text) > self.max_chars:
+            return False, "too_long"
+        return True
+
+
+class ScrubPII(PipelineStep):
+    """Replaces e-mail addresses, phones, IPs, card numbers and keys by typed placeholders."""
+
+    name = "pii"
+    type = "FORMAT"
+
+    def __init__(self, types: list[str]):
+        super().__init__()
+        self.types = list(types)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            if self.types:
+                doc.text, counts = scrub_pii(doc.text, self.types)
+                for kind, n in counts.items():
+                    if n:
+                        self.stat_update(f"replaced_{kind}", value=n)
+            yield doc
+
+
+class Tag(PipelineStep):
+    """Content hash and split of each document.
+
+    The split is a seeded hash of the cleaned text, so it is the same for a
+    document whatever else the corpus holds, wherever the file lives, and
+    exact copies land in the same split.
+    """
+
+    name = "tag"
+    type = "FORMAT"
+
+    def __init__(self, seed: int, val_fraction: float, test_fraction: float):
+        super().__init__()
+        self.seed, self.val, self.test = seed, val_fraction, test_fraction
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            digest = content_hash(doc.text)
+            doc.metadata["hash"] = digest
+            doc.metadata["split"] = assign_split(digest, self.seed, self.val, self.test)
+            self.stat_update(f"split_{doc.metadata['split']}")
+            yield doc
+
+
+class Route(PipelineStep):
+    """After MinHash filtering: record the hash of every cluster's kept document."""
+
+    name = "route"
+    type = "FORMAT"
+
+    def __init__(self, clusters_dir: str):
+        super().__init__()
+        self.clusters_dir = clusters_dir
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        path = Path(self.clusters_dir) / f"{rank:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as fh:
+            for doc in data:
+                cluster = doc.metadata.pop("minhash_cluster_id", -1)
+                if cluster != -1:
+                    fh.write(json.dumps({"cluster": cluster, "hash": doc.metadata["hash"]}) + "\n")
+                yield doc
+
+
+class CountingTokenizer(DocumentTokenizer):
+    """``DocumentTokenizer`` that also counts tokens per source.
+
+    ``get_loss_values`` is called once per encoded document, which makes it
+    the narrowest hook for a per-document count without copying the loop.
+    """
+
+    def get_loss_values(self, document: Document, encoded):
+        self.stat_update(f"tokens:{document.metadata.get('source', '?')}", value=len(encoded.ids))
+        return super().get_loss_values(document, encoded)
