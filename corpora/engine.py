@@ -17,7 +17,8 @@ wrote, so shard ``r`` holds the documents of input files ``r, r+T, ...`` in
 order: the output depends on the inputs, the settings and ``T``, never on the
 number of workers or on the executor. Exact copies always share a MinHash
 signature, so they are removed by the same mechanism as near copies (Jaccard
-of word 5-grams >= ~0.8) and told apart afterwards by their content hash.
+of word 5-grams >= ~0.8) and told apart afterwards by their content hash
+(``_duplicate_kinds``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from corpora.steps import (CountingTokenizer, LengthFilter, Normalise, PlainWords, QuietLocalExecutor,
-                           RankFileReader, Route, ScrubPII, SourceReader, Tag)
+                           RankFileReader, Route, ScrubPII, SourceReader, Tag, hash_prefix)
 
 SPLITS = ("train", "val", "test")
 
@@ -103,17 +106,16 @@ def _stages(job: CorpusJob, tasks: int, work: Path, out: Path, tokenizer_json: s
         clean.append(MinhashDedupSignature(str(work / "signatures"), config=mh, language=words))
     route = [RankFileReader(str(work / "clean"))]
     if job.near_dedup:
-        route.append(MinhashDedupFilter(str(work / "remove"), load_cluster_ids=True,
+        route.append(MinhashDedupFilter(str(work / "remove"),
                                         exclusion_writer=JsonlWriter(str(work / "removed"),
                                                                      output_filename="${rank}.jsonl.gz")))
-    route += [Route(str(work / "clusters")),
+    route += [Route(str(work / "hashes")),
               JsonlWriter(str(out / "docs"), output_filename="${split}/${rank}.jsonl.gz")]
     stages = [("clean", clean, tasks)]
     if job.near_dedup:
         stages += [("buckets", [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=mh)],
                     mh.num_buckets),
-                   ("cluster", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh,
-                                                    save_cluster_id=True)], 1)]
+                   ("cluster", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], 1)]
     stages.append(("dedup", route, tasks))
     for split in SPLITS:
         stages.append((f"tokenise-{split}", [
@@ -190,16 +192,17 @@ def _wait_for_slurm(logs: Path, names: list[str], tasks: list[int], job_names: l
     import subprocess
     import time
 
+    def finished(name: str, n_tasks: int) -> bool:  # stats.json comes from the stage's merge_stats job
+        marks = logs / name / "completions"
+        return (logs / name / "stats.json").exists() and marks.is_dir() and len(list(marks.iterdir())) >= n_tasks
+
     def done() -> bool:
-        return all((logs / n / "stats.json").exists() and (logs / n / "completions").is_dir()
-                   and len(list((logs / n / "completions").iterdir())) >= t for n, t in zip(names, tasks))
+        return all(finished(n, t) for n, t in zip(names, tasks))
 
     def failure(why: str, queued_ids: list[str]) -> RuntimeError:
         if queued_ids:
             subprocess.run(["scancel", *queued_ids], capture_output=True)
-        stage = next((n for n, t in zip(names, tasks)
-                      if not ((logs / n / "completions").is_dir() and len(list((logs / n / "completions").iterdir())) >= t)
-                      or not (logs / n / "stats.json").exists()), names[-1])
+        stage = next((n for n, t in zip(names, tasks) if not finished(n, t)), names[-1])
         outs = sorted((logs / stage / "slurm").glob("*.out"), key=lambda p: p.stat().st_mtime)
         tail = "\n".join(outs[-1].read_text(errors="replace").splitlines()[-20:]) if outs else "(no Slurm log)"
         return RuntimeError(f"the Slurm preparation jobs failed ({why}); first unfinished stage {stage!r}, "
@@ -207,7 +210,8 @@ def _wait_for_slurm(logs: Path, names: list[str], tasks: list[int], job_names: l
 
     squeue_errors = 0
     while not done():
-        result = subprocess.run(["squeue", "-h", "-o", "%i %r", "-n", ",".join(job_names)],
+        # %F: the array's base job id ("12"), which scancel takes; %i may read "12_[0-7%2]", which it refuses.
+        result = subprocess.run(["squeue", "-h", "-o", "%F %r", "-n", ",".join(job_names)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             squeue_errors += 1
@@ -217,7 +221,7 @@ def _wait_for_slurm(logs: Path, names: list[str], tasks: list[int], job_names: l
             continue
         squeue_errors = 0
         queued = [line.split(None, 1) for line in result.stdout.splitlines() if line.strip()]
-        ids = [q[0] for q in queued]
+        ids = list(dict.fromkeys(q[0] for q in queued))
         if any(len(q) > 1 and q[1].strip() == "DependencyNeverSatisfied" for q in queued):
             raise failure("a job failed, so the jobs that depend on it can never start", ids)
         if not queued and not done():
@@ -241,22 +245,27 @@ def _collect(work: Path, out: Path, tasks: int) -> dict:
 
 
 def _duplicate_kinds(work: Path) -> tuple[int, int]:
-    """Removed documents whose text equals their cluster's kept document are exact copies."""
-    kept = {}
-    for path in (work / "clusters").glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            kept[row["cluster"]] = row["hash"]
-    exact = near = 0
-    for path in (work / "removed").glob("*.jsonl.gz"):
+    """(exact, near) among the removed documents.
+
+    A removed document is an exact copy if its text hash is that of a kept
+    document, or of another removed one seen before it; otherwise it was
+    removed as a near copy. Kept hashes are read one shard at a time.
+    """
+    removed = []
+    for path in sorted((work / "removed").glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                meta = json.loads(line)["metadata"]
-                if kept.get(meta.get("minhash_cluster_id")) == meta["hash"]:
-                    exact += 1
-                else:
-                    near += 1
-    return exact, near
+            removed += [hash_prefix(json.loads(line)["metadata"]["hash"]) for line in fh]
+    if not removed:
+        return 0, 0
+    wanted = np.array(removed, dtype=np.uint64)
+    in_kept = np.zeros(len(wanted), dtype=bool)
+    for path in (work / "hashes").glob("*.npy"):
+        in_kept |= np.isin(wanted, np.load(path, allow_pickle=False))
+    seen, exact = set(), 0
+    for h, kept in zip(removed, in_kept):
+        exact += bool(kept or h in seen)
+        seen.add(h)
+    return exact, len(removed) - exact
 
 
 def remove_work(out: Path) -> None:

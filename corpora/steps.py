@@ -40,6 +40,7 @@ from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.tokens.tokenizer import DocumentTokenizer
 from datatrove.utils.word_tokenizers import WhitespaceTokenizer
 
+import numpy as np
 from loguru import logger
 
 from corpora.cleaning import normalise
@@ -226,24 +227,30 @@ class Tag(PipelineStep):
 
 
 class Route(PipelineStep):
-    """After MinHash filtering: record the hash of every cluster's kept document."""
+    """After MinHash filtering: record the hash of every kept document (``hashes/<rank>.npy``).
+
+    The report tells exact from near duplicates by looking up each removed
+    document's hash among the kept ones (8 bytes a document on disk).
+    """
 
     name = "route"
     type = "FORMAT"
 
-    def __init__(self, clusters_dir: str):
+    def __init__(self, hashes_dir: str):
         super().__init__()
-        self.clusters_dir = clusters_dir
+        self.hashes_dir = hashes_dir
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        path = Path(self.clusters_dir) / f"{rank:05d}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as fh:
-            for doc in data:
-                cluster = doc.metadata.pop("minhash_cluster_id", -1)
-                if cluster != -1:
-                    fh.write(json.dumps({"cluster": cluster, "hash": doc.metadata["hash"]}) + "\n")
-                yield doc
+        kept = []
+        for doc in data:
+            kept.append(hash_prefix(doc.metadata["hash"]))
+            yield doc
+        Path(self.hashes_dir).mkdir(parents=True, exist_ok=True)
+        np.save(Path(self.hashes_dir) / f"{rank:05d}.npy", np.array(kept, dtype=np.uint64))
+
+
+def hash_prefix(digest: str) -> int:
+    return int(digest[:16], 16)
 
 
 class CountingTokenizer(DocumentTokenizer):

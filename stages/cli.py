@@ -148,10 +148,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from corpora import report as data_report
     from stages import pipeline
 
     cfg = load_config(args.config, args.overrides)
-    pipeline.run_step(pipeline.open_run(cfg), "prepare")
+    run = pipeline.open_run(cfg)
+    if pipeline.run_step(run, "prepare").get("skipped") and run.world.is_writer:
+        print(data_report.read(run.data))  # prepared before: still show what is there
     return 0
 
 

@@ -70,10 +70,11 @@ def test_exact_and_near_duplicates_removed_the_rest_kept(tmp_path, tiny_tokenize
     originals = {f"orig{i}": _doc(i) for i in range(40)}
     planted = {f"exact{i}": originals[f"orig{i}"] for i in range(10)}
     planted |= {f"near{i}": _near_copy(originals[f"orig{10 + i}"], i) for i in range(10)}
-    rows = list(originals.items()) + list(planted.items())
-    path = tmp_path / "dups.jsonl"
-    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows))
-    info = corpus(_spec(tmp_path), [str(path)], tiny_tokenizer, 0.0, 0.0)
+    # Copies in another file (another task) than their originals: the task that keeps an original removes
+    # nothing itself, which is where exact copies were once miscounted as near ones.
+    for name, part in (("a_orig.jsonl", originals), ("b_copies.jsonl", planted)):
+        (tmp_path / name).write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in part.items()))
+    info = corpus(_spec(tmp_path), [str(tmp_path / "*.jsonl")], tiny_tokenizer, 0.0, 0.0)
     kept = [d["text"] for d in _stream_docs(info)]
     # Precision: every original kept once, so nothing removed was not a planted copy (1.0 required).
     assert all(kept.count(v) == 1 for v in originals.values()), "an original was removed or kept twice"

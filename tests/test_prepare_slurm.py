@@ -62,10 +62,8 @@ def _write_corpus(root: Path) -> list[str]:
     """3 files of 10 documents: an exact and a near copy, PII to scrub, one malformed line."""
     root.mkdir()
     texts = [[_doc(700 + 10 * f + i) for i in range(10)] for f in range(3)]
-    # The exact copy stays in its original's file: where the task holding a cluster's kept document
-    # removes nothing, datatrove's MinhashDedupFilter skips loading cluster ids for it, and the engine
-    # then counts an exact copy as a near one (identically on both executors).
-    texts[0][8] = texts[0][2]  # exact copy
+    # The exact copy sits in another file than its original: the task keeping the original removes nothing.
+    texts[1][8] = texts[0][2]  # exact copy
     texts[2][6] = _near_copy(texts[0][5], seed=1)  # near copy in another file (3 of ~120 words changed)
     texts[1][7] += "\nWrite to jane.doe@example.org or call +44 20 7946 0958."
     for f, rows in enumerate(texts):
@@ -125,9 +123,10 @@ def test_a_failed_slurm_task_ends_the_wait_with_an_error(slurm_env, tmp_path):
     path.write_text("".join(json.dumps({"text": _doc(900 + i)}) + "\n" for i in range(3)))
     job = CorpusJob(files=[(str(path), str(path))], min_chars=20, near_dedup=False, tasks=1)
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="tokenise-train"):
+    with pytest.raises(RuntimeError, match="tokenise-train") as failed:
         build_corpus(job, tmp_path / "missing" / "tokenizer.json", "</s>", out,
                      Executor(kind="slurm", workers=1, slurm=SLURM_OPTIONS))
+    assert "missing/tokenizer.json" in str(failed.value)  # the failed task's log tail is in the message
     assert (out / "work" / "logs" / "dedup" / "stats.json").exists()  # the stages before it finished
     deadline = time.monotonic() + 30  # scancel is asynchronous
     while (queued := slurm_env.run("squeue", "--noheader").stdout.strip()) and time.monotonic() < deadline:
