@@ -23,6 +23,7 @@ of word 5-grams >= ~0.8) and told apart afterwards by their content hash
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -37,6 +38,11 @@ from corpora.steps import (CountingTokenizer, LengthFilter, Normalise, PlainWord
                            RankFileReader, Route, ScrubPII, SourceReader, Tag, hash_prefix)
 
 SPLITS = ("train", "val", "test")
+# Documents per tokenizer call: the encodings of a batch are held at once, so a
+# large batch (datatrove's default is 10,000) makes memory grow with document size.
+TOKENIZE_BATCH = 64
+# Below this input size a pool of worker processes (started per stage) costs more than it saves.
+SMALL_CORPUS_BYTES = 32 << 20
 
 
 @dataclass
@@ -71,6 +77,8 @@ class Executor:
 def build_corpus(job: CorpusJob, tokenizer_json: Path, eos_token: str, out: Path, executor: Executor) -> dict:
     """Run every stage into ``out`` (``shards/<split>/``, ``docs/<split>/``, ``work/``); return the counts."""
     tasks = 1 if job.max_documents else max(1, min(job.tasks, len(job.files)))
+    if sum(os.path.getsize(path) for path, _ in job.files) < SMALL_CORPUS_BYTES:
+        executor = dataclasses.replace(executor, workers=1) if executor.kind == "local" else executor
     work = out / "work"
     stages = _stages(job, tasks, work, out, str(tokenizer_json), eos_token)
     _run(stages, tasks, job, work, executor)
@@ -84,7 +92,11 @@ def _minhash_config(seed: int):
 
 
 def _stages(job: CorpusJob, tasks: int, work: Path, out: Path, tokenizer_json: str, eos: str) -> list:
-    """(name, pipeline, number of tasks) for every stage, in order."""
+    """(name, pipeline, number of tasks, input folder) for every stage, in order.
+
+    A stage with an input folder that holds nothing (an empty split) is skipped
+    by the local executor: each task would still load the tokenizer.
+    """
     from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
                                                   MinhashDedupSignature)
     from datatrove.pipeline.filters import GopherRepetitionFilter
@@ -100,28 +112,27 @@ def _stages(job: CorpusJob, tasks: int, work: Path, out: Path, tokenizer_json: s
         clean.append(GopherRepetitionFilter(dup_para_frac=p, dup_para_char_frac=p, dup_line_frac=line,
                                             dup_line_char_frac=line, top_n_grams=(), dup_n_grams=((10, line),),
                                             language=words))
-    clean += [ScrubPII(job.pii), Tag(job.seed, job.val_fraction, job.test_fraction),
-              JsonlWriter(str(work / "clean"), output_filename="${rank}.jsonl.gz")]
-    if job.near_dedup:
-        clean.append(MinhashDedupSignature(str(work / "signatures"), config=mh, language=words))
-    route = [RankFileReader(str(work / "clean"))]
-    if job.near_dedup:
-        route.append(MinhashDedupFilter(str(work / "remove"),
-                                        exclusion_writer=JsonlWriter(str(work / "removed"),
-                                                                     output_filename="${rank}.jsonl.gz")))
-    route += [Route(str(work / "hashes")),
-              JsonlWriter(str(out / "docs"), output_filename="${split}/${rank}.jsonl.gz")]
-    stages = [("clean", clean, tasks)]
-    if job.near_dedup:
-        stages += [("buckets", [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=mh)],
-                    mh.num_buckets),
-                   ("cluster", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], 1)]
-    stages.append(("dedup", route, tasks))
+    clean += [ScrubPII(job.pii), Tag(job.seed, job.val_fraction, job.test_fraction)]
+    docs_writer = JsonlWriter(str(out / "docs"), output_filename="${split}/${rank}.jsonl.gz")
+    if not job.near_dedup:  # nothing to remove: route to the splits in the same pass
+        stages = [("clean", [*clean, docs_writer], tasks, None)]
+    else:
+        clean += [JsonlWriter(str(work / "clean"), output_filename="${rank}.jsonl.gz"),
+                  MinhashDedupSignature(str(work / "signatures"), config=mh, language=words)]
+        route = [RankFileReader(str(work / "clean")),
+                 MinhashDedupFilter(str(work / "remove"), exclusion_writer=JsonlWriter(
+                     str(work / "removed"), output_filename="${rank}.jsonl.gz")),
+                 Route(str(work / "hashes")), docs_writer]
+        stages = [("clean", clean, tasks, None),
+                  ("buckets", [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=mh)],
+                   mh.num_buckets, None),
+                  ("cluster", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], 1, None),
+                  ("dedup", route, tasks, None)]
     for split in SPLITS:
         stages.append((f"tokenise-{split}", [
             RankFileReader(str(out / "docs" / split)),
             CountingTokenizer(str(out / "shards" / split), tokenizer_name_or_path=tokenizer_json, eos_token=eos,
-                              shuffle_documents=False, batch_size=1000)], tasks))
+                              shuffle_documents=False, batch_size=TOKENIZE_BATCH)], tasks, out / "docs" / split))
     return stages
 
 
@@ -131,14 +142,14 @@ def _run(stages: list, tasks: int, job: CorpusJob, work: Path, executor: Executo
     previous = None
     # Job names unique to this build, so that waiting never confuses our jobs with another build's.
     tag = hashlib.sha1(str(work.resolve()).encode()).hexdigest()[:8]
-    job_names = [f"cptift-{name}-{tag}" for name, _, _ in stages]
-    for (name, pipeline, n_tasks), job_name in zip(stages, job_names):
+    job_names = [f"cptift-{name}-{tag}" for name, *_ in stages]
+    for (name, pipeline, n_tasks, inputs), job_name in zip(stages, job_names):
         logs = str(work / "logs" / name)  # never the default ./logs: a re-run there silently does nothing
-        if executor.kind == "slurm":
+        if executor.kind == "slurm":  # submitted up front, so every stage runs
             previous = _slurm_executor(job_name, pipeline, n_tasks, logs, executor, previous)
-        else:
+        elif inputs is None or any(Path(inputs).glob("*.jsonl.gz")):
             QuietLocalExecutor(pipeline, tasks=n_tasks, workers=min(executor.workers, n_tasks),
-                               logging_dir=logs, start_method="spawn").run()
+                               logging_dir=logs, start_method="forkserver").run()
     if executor.kind == "slurm":
         # launch_job submits the ``depends`` chain first (each stage afterok on the one before), then this
         # stage; every stage also gets a merge_stats job (same name) that writes its stats.json.
@@ -270,5 +281,5 @@ def _duplicate_kinds(work: Path) -> tuple[int, int]:
 
 def remove_work(out: Path) -> None:
     """Intermediate files (cleaned copies, signatures) are not needed once shards exist."""
-    for name in ("clean", "signatures", "buckets", "remove", "removed"):
+    for name in ("clean", "signatures", "buckets", "remove", "removed", "hashes"):
         shutil.rmtree(out / "work" / name, ignore_errors=True)

@@ -64,6 +64,7 @@ class PrepareSpec:
     # suite -> {"perplexity": [sources], "tasks": {name: source}}
     eval_suites: dict[str, dict] = field(default_factory=dict)
     cleaning: dict = field(default_factory=dict)  # CorpusJob fields: max_chars, repetition, near_dedup, pii, ...
+    tasks: int = 8  # datatrove tasks = shards per split (the shards depend on it)
     max_bad_fraction: float = 0.01  # fail when more of the input than this is unreadable
     ift_micro_batch: int = 8  # for the padded-vs-packed efficiency figure only
     cache_dir: str = ""  # "" -> $CPTIFT_CACHE/data
@@ -126,7 +127,7 @@ def corpus(spec: PrepareSpec, sources: list[str], tokenizer, val: float, test: f
         raise DataError("the tokenizer has no EOS token, which CPT puts between documents; "
                         "set tokenizer.eos_token in the model folder's tokenizer_config.json")
     settings = {"text_field": spec.text_field, "min_chars": spec.min_chars, "max_documents": spec.max_documents,
-                "seed": spec.seed, "val_fraction": val, "test_fraction": test} | spec.cleaning
+                "seed": spec.seed, "val_fraction": val, "test_fraction": test, "tasks": spec.tasks} | spec.cleaning
     inputs = [mf.source_fingerprint(s, [] if s.startswith(BUILTIN) else expand(s)) for s in sources]
     key = mf.fingerprint(inputs, mf.tokenizer_fingerprint(tokenizer), settings)[:24]
     final = cache_root(spec) / f"corpus-{key}"

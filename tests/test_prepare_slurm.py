@@ -127,7 +127,7 @@ def test_a_failed_slurm_task_ends_the_wait_with_an_error(slurm_env, tmp_path):
         build_corpus(job, tmp_path / "missing" / "tokenizer.json", "</s>", out,
                      Executor(kind="slurm", workers=1, slurm=SLURM_OPTIONS))
     assert "missing/tokenizer.json" in str(failed.value)  # the failed task's log tail is in the message
-    assert (out / "work" / "logs" / "dedup" / "stats.json").exists()  # the stages before it finished
+    assert (out / "work" / "logs" / "clean" / "stats.json").exists()  # the stage before it finished
     deadline = time.monotonic() + 30  # scancel is asynchronous
     while (queued := slurm_env.run("squeue", "--noheader").stdout.strip()) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -47,12 +47,15 @@ from itertools import chain, islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("product-1w", "product-2w", "datasets-map", "plain-loop")
+METHODS = ("product-1w", "product-2w", "product-clean-1w", "product-clean-2w", "datasets-map", "plain-loop")
 BASELINES = ("datasets-map", "plain-loop")
 FILES, BLOCK = 16, 2048
-CLEANING = {"near_dedup": False, "repetition": True, "tasks": FILES}
-STEPS_ON = ("normalise, length >= 200 chars, repetition filter, PII scrub (default kinds); "
-            "near-dedup OFF (so exact dedup too); val/test fractions 0")
+# product-*: the same work as the baselines (read, normalise, length filter, tokenise, write shards);
+# product-clean-*: also the repetition filter and PII scrub, which the baselines do not do.
+CLEANING = {"near_dedup": False, "repetition": False, "pii": []}
+FULL_CLEANING = {"near_dedup": False, "repetition": True}
+STEPS_ON = ("product-*: normalise and length filter only (the baselines' work); product-clean-*: + repetition "
+            "filter and PII scrub; near-dedup off in both; val/test fractions 0")
 TOKENIZERS = {"smollm2": "builtin:smollm2-135m-instruct", "tiny": "builtin:tiny"}
 
 
@@ -111,13 +114,14 @@ def make_corpus(folder: Path, mb: float, seed: int) -> int:
     return n
 
 
-def run_product(files: list[Path], out: Path, tok, workers: int) -> tuple[int, int]:
+def run_product(files: list[Path], out: Path, tok, workers: int, cleaning: dict) -> tuple[int, int]:
     from corpora.engine import Executor
     from corpora.prepare import PrepareSpec, corpus
 
     sources = [str(files[0].parent / "*.jsonl")]
     spec = PrepareSpec(domain_sources=sources, instruction_sources=[], cpt_seq_len=BLOCK, ift_seq_len=BLOCK,
-                       cleaning=dict(CLEANING), cache_dir=str(out / "cache"), executor=Executor(workers=workers))
+                       cleaning=dict(cleaning), tasks=FILES, cache_dir=str(out / "cache"),
+                       executor=Executor(workers=workers))
     train = corpus(spec, sources, tok, 0.0, 0.0)["splits"]["train"]
     return train["tokens"], train["documents"]
 
@@ -171,7 +175,8 @@ def child(args) -> None:
     import corpora.prepare, datasets, datatrove.executor  # noqa: F401,E401  imports outside the timed part
     start = time.perf_counter()
     if args.method.startswith("product"):
-        tokens, docs = run_product(files, out, tok, int(args.method[-2]))
+        cleaning = FULL_CLEANING if args.method.startswith("product-clean") else CLEANING
+        tokens, docs = run_product(files, out, tok, int(args.method[-2]), cleaning)
     else:
         tokens, docs = (run_datasets if args.method == "datasets-map" else run_loop)(files, out, tok)
     secs = time.perf_counter() - start
