@@ -35,8 +35,9 @@ from corpora.sources import DataError
 from stages import distributed
 from stages.config import ConfigError, load_config, to_dict
 from stages.modeling import ModelError
+from stages.training import TrainingDiverged
 
-USER_ERRORS = (ConfigError, DataError, ModelError, TemplateError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, TemplateError, FileNotFoundError, TrainingDiverged)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

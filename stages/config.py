@@ -193,6 +193,9 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})"
             )
+        if self.save_steps % self.logging_steps:
+            raise ConfigError(f"save_steps ({self.save_steps}) must be a multiple of logging_steps "
+                              f"({self.logging_steps}): the NaN guard checks each logged loss before a save")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr_schedule == LrSchedule.wsd and self.warmup_steps + self.decay_fraction * self.max_steps > \

@@ -8,9 +8,11 @@ CPT comes before IFT: instruction tuning last leaves the model answering in
 the trained format; CPT after IFT would overwrite it with plain-text habits.
 
 Each finished step writes ``steps/<step>.json`` (when, how long, what it
-produced). A re-run skips steps with a marker; an interrupted training step
-resumes from its newest checkpoint. ``lineage.json`` records which checkpoint
-fed which step.
+produced, and a hash of its inputs: ``stages.invalidation``). A re-run skips
+steps whose marker records today's inputs and redoes those whose config
+keys or upstream results changed; an interrupted training step resumes from
+its newest complete checkpoint of the same inputs. ``lineage.json`` records
+which checkpoint fed which step. Rank 0 holds ``run.lock`` for the run.
 
 Every process of a torchrun, DeepSpeed-launcher or srun job runs this driver.
 Rank 0 alone prepares data, writes the report, exports, and writes markers,
@@ -23,23 +25,23 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from corpora.manifest import write_json_atomic
 from corpora import report as data_report
+from corpora.manifest import write_json_atomic
 from corpora.engine import Executor
 from corpora.prepare import PrepareSpec, prepare
-from stages import distributed, export, forgetting
-from stages.config import ConfigError, PipelineConfig, save_config, to_dict
+from stages import distributed, export, forgetting, invalidation
+from stages.config import PipelineConfig, save_config, to_dict
 from stages.cpt import run_cpt
 from stages.evaluate import evaluate_checkpoint
 from stages.ift import run_ift
 from stages.modeling import is_instruction_tuned, load_tokenizer, resolve_model
+from stages.runlock import RunLock
 from stages.tracking import start_run
 from stages.training import resolve_deepspeed
 
@@ -48,8 +50,6 @@ log = logging.getLogger(__name__)
 STEPS = ("prepare", "eval_base", "cpt", "eval_cpt", "ift", "eval_ift", "report", "export")
 # Steps that rank 0 runs alone while the other ranks wait; the rest run on every rank.
 WRITER_STEPS = ("prepare", "report", "export")
-# Keys that may change between runs in one directory without invalidating finished steps.
-VOLATILE_KEYS = ("tracking",)
 
 
 @dataclass
@@ -76,20 +76,6 @@ def preflight(cfg: PipelineConfig) -> None:
         resolve_deepspeed(getattr(cfg, stage).deepspeed)
 
 
-def check_same_config(run_dir: Path, cfg: PipelineConfig) -> None:
-    """Refuse to mix two configs in one run directory: finished steps would lie."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        return
-    saved, now = yaml.safe_load(saved_path.read_text()), to_dict(cfg)
-    changed = [k for k in now if k not in VOLATILE_KEYS and saved.get(k) != now[k]]
-    if changed:
-        raise ConfigError(
-            f"{run_dir} was run with a different config (sections {', '.join(changed)} differ from "
-            f"{saved_path}); set run.output_dir to a new directory to run this config"
-        )
-
-
 def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
     d = cfg.data
     suites = {name: {"perplexity": s.perplexity, "tasks": s.tasks}
@@ -101,7 +87,7 @@ def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
         val_fraction=d.domain.val_fraction, test_fraction=d.domain.test_fraction,
         instruction_test_fraction=d.instructions.test_fraction, max_records=d.instructions.max_records,
         replay_sources=d.replay.sources, replay_ratio=d.replay.ratio, eval_suites=suites,
-        cleaning=to_dict(d.cleaning), max_bad_fraction=d.max_bad_fraction, ift_micro_batch=cfg.ift.micro_batch_size,
+        cleaning=to_dict(d.cleaning), tasks=d.engine.tasks, max_bad_fraction=d.max_bad_fraction, ift_micro_batch=cfg.ift.micro_batch_size,
         cache_dir=d.cache_dir, executor=Executor(kind=str(d.engine.executor), workers=d.engine.workers,
                                                  slurm=to_dict(d.engine.slurm)),
     )
@@ -183,8 +169,8 @@ def open_run(cfg: PipelineConfig) -> Run:
     world = distributed.init(cfg.run.collective_timeout_minutes)
     preflight(cfg)
     run = Run(cfg=cfg, dir=Path(cfg.run.output_dir), world=world)
-    check_same_config(run.dir, cfg)
-    world.barrier()  # every rank has compared against the old config before rank 0 replaces it
+    if world.is_writer:
+        RunLock(run.dir).acquire()  # before anything is read or written: a second live run is refused
     if world.is_writer:
         (run.dir / "steps").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.dir / "config.yaml")
@@ -214,24 +200,61 @@ def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[st
 
 
 def run_step(run: Run, step: str) -> dict:
-    """Run one step on the ranks it needs, or skip it when rank 0 sees its marker."""
+    """Run one step on the ranks it needs, or skip it when rank 0 sees its marker with today's inputs."""
     world, marker = run.world, run.marker(step)
-    info = world.broadcast(json.loads(marker.read_text()) if world.is_writer and marker.exists() else None)
-    if info is not None:
+    decision = world.broadcast(_decide(run, step) if world.is_writer else None)
+    if decision["skip"]:
+        info = decision["marker"]
         _say(world, f"[skip] {step}: finished {info['finished_at']} in {info['seconds']:.1f} s "
                     f"(delete {marker} to redo)")
         return info | {"skipped": True}
+    if decision["why"]:
+        _say(world, f"[redo] {step}: changed since it finished: {', '.join(decision['why'])}")
+    if world.is_writer and step in ("cpt", "ift"):
+        _checkpoints_for(run.dir / step / "checkpoints", decision["hash"])
+    world.barrier()
     _say(world, f"[step] {step} ...")
     start = time.time()
     outputs = STEP_FUNCS[step](run) if world.is_writer or step not in WRITER_STEPS else None
     world.barrier()  # no rank starts the next step before this one is complete everywhere
     info = {"step": step, "seconds": round(time.time() - start, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs,
-            "processes": world.size}
+            "processes": world.size, "inputs": decision["inputs"], "inputs_hash": decision["hash"]}
     if world.is_writer:
         write_json_atomic(marker, info)
     _say(world, f"[done] {step} in {info['seconds']:.1f} s")
     return info
+
+
+def _checkpoints_for(folder: Path, digest: str) -> None:
+    """Keep the checkpoints only if they were written with today's inputs, so resume never mixes settings.
+
+    The old ``final/`` and marker stay until the new run replaces them.
+    """
+    tag = folder / "inputs_hash"
+    if folder.exists() and (not tag.exists() or tag.read_text() != digest):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tag.write_text(digest)
+
+
+def _decide(run: Run, step: str) -> dict:
+    """Rank 0's view: today's inputs of ``step``, and whether its marker records the same."""
+    inputs = invalidation.step_inputs(run.cfg, step, _upstream_hashes(run))
+    digest = invalidation.inputs_hash(inputs)
+    marker = json.loads(run.marker(step).read_text()) if run.marker(step).exists() else None
+    same = marker is not None and marker.get("inputs_hash") == digest
+    why = invalidation.why_changed(marker, inputs) if marker and not same else []
+    return {"skip": same, "marker": marker, "inputs": inputs, "hash": digest, "why": why}
+
+
+def _upstream_hashes(run: Run) -> dict[str, str | None]:
+    """The inputs hash each finished step recorded (what a downstream step was built from)."""
+    hashes = {}
+    for step in STEPS:
+        path = run.marker(step)
+        hashes[step] = json.loads(path.read_text()).get("inputs_hash") if path.exists() else None
+    return hashes
 
 
 def _say(world: distributed.World, text: str) -> None:
@@ -252,7 +275,20 @@ def _write_lineage(run: Run) -> None:
 
 
 def status(cfg: PipelineConfig) -> list[tuple[str, str]]:
-    """(step, state) pairs for ``cptift plan``."""
-    run = Run(cfg=cfg, dir=Path(cfg.run.output_dir))
-    return [(s, "done" if run.marker(s).exists() else "pending") for s in STEPS]
+    """(step, state) pairs for ``cptift plan``: done, pending, or what made a finished step stale.
 
+    A step downstream of one that will rerun is stale too: its upstream hash
+    will change when the rerun records new inputs.
+    """
+    run = Run(cfg=cfg, dir=Path(cfg.run.output_dir))
+    rerun, states = set(), []
+    for step in STEPS:
+        d = _decide(run, step)
+        ups = [u for u in invalidation.DEPENDS[step][1] if u in rerun]
+        if d["skip"] and not ups:
+            states.append((step, "done"))
+            continue
+        rerun.add(step)
+        why = d["why"] + [f"{u} reruns" for u in ups if f"{u} (its inputs changed)" not in d["why"]]
+        states.append((step, f"rerun: {', '.join(why)}" if d["marker"] else "pending"))
+    return states

@@ -18,6 +18,7 @@ sample ids each rank trained at each step, so data order can be audited.
 from __future__ import annotations
 
 import gc
+import math
 import json
 import logging
 import shutil
@@ -28,9 +29,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-from transformers.trainer_utils import get_last_checkpoint
 
 from stages import distributed
+from stages.checkpoints import CompleteMarker, incomplete, newest_complete
 from stages.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,33 @@ def resolve_deepspeed(path: str) -> dict | None:
         return json.loads(found.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{found}:{exc.lineno}: invalid JSON in DeepSpeed config ({exc.msg})") from None
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN or infinite; the message names the step and the checkpoint kept."""
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops the stage at the first logged non-finite loss or gradient norm.
+
+    Trainer's ``on_log`` comes before its save at the same step, so a diverged
+    model is never written as a checkpoint; ``save_steps`` is a multiple of
+    ``logging_steps`` (config.py checks), so every save follows a check. Every
+    rank sees the same (all-reduced) values and raises together.
+    """
+
+    def __init__(self, stage: str, ckpt_dir: Path) -> None:
+        self.stage, self.ckpt_dir = stage, ckpt_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: v for k, v in (logs or {}).items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+        if bad:
+            kept = newest_complete(self.ckpt_dir) or "none (no checkpoint was saved yet)"
+            what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+            raise TrainingDiverged(f"{self.stage}: {what} at step {state.global_step}; the last good checkpoint is "
+                                   f"kept: {kept}; lower {self.stage}.learning_rate or raise warmup_steps, then "
+                                   f"delete the checkpoints after it, or rerun to resume from it")
+        return control
 
 
 SAMPLE_ID = "sample_id"
@@ -150,6 +178,7 @@ def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # the default drops NaN losses from the logged mean: NonFiniteGuard must see them
         save_strategy="steps",
         save_steps=cfg.save_steps or cfg.max_steps,
         save_total_limit=2,  # a 135M model's ZeRO checkpoint is ~1.6 GB with optimizer state
@@ -179,7 +208,8 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     trainer = Trainer(
         model=run.model, args=training_arguments(cfg, run), train_dataset=IndexedDataset(run.train_dataset),
         eval_dataset=run.eval_dataset, data_collator=sample_log, processing_class=run.tokenizer,
-        callbacks=[sample_log, *callbacks],
+        callbacks=[sample_log, CompleteMarker(), NonFiniteGuard(run.name, run.stage_dir / "checkpoints"),
+                   *callbacks],
     )
     try:
         return _train(trainer, run)
@@ -193,7 +223,10 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
 
 def _train(trainer: Trainer, run: StageRun) -> dict:
     ckpt_dir = run.stage_dir / "checkpoints"
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = newest_complete(ckpt_dir)
+    for broken in incomplete(ckpt_dir):
+        log.warning("%s: %s was not completely written (the job stopped while saving); not resuming from it",
+                    run.name, broken)
     if resume:
         log.info("%s: resuming from %s", run.name, resume)
     result = trainer.train(resume_from_checkpoint=resume)

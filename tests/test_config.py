@@ -51,6 +51,15 @@ def test_bad_types_and_invariants_are_rejected():
         build(PipelineConfig, {**_minimal(), "cpt": {"max_steps": 5, "warmup_steps": 5}}, origin="x.yaml")
     with pytest.raises(ConfigError, match="mode"):
         build(PipelineConfig, {**_minimal(), "tracking": {"wandb": {"mode": "sometimes"}}}, origin="x.yaml")
+    with pytest.raises(ConfigError, match=r"save_steps \(7\) must be a multiple of logging_steps \(5\)"):
+        build(PipelineConfig, {**_minimal(), "cpt": {"save_steps": 7}}, origin="x.yaml")
+    with pytest.raises(ConfigError, match="cpt.packing: padded is for IFT"):
+        build(PipelineConfig, {**_minimal(), "cpt": {"packing": "padded"}}, origin="x.yaml")
+    with pytest.raises(ConfigError, match="ift.packing: stream"):
+        build(PipelineConfig, {**_minimal(), "ift": {"packing": "stream"}}, origin="x.yaml")
+    with pytest.raises(ConfigError, match=r"data.cleaning.pii: unknown types \['phones'\]"):
+        build(PipelineConfig, {**_minimal(), "data": {**_minimal()["data"], "cleaning": {"pii": ["phones"]}}},
+              origin="x.yaml")
 
 
 def _minimal() -> dict:

@@ -134,11 +134,43 @@ def test_second_run_skips_every_step(tiny_run):
     assert before == {s: (out / "steps" / f"{s}.json").read_text() for s in STEPS}
 
 
-def test_changed_config_in_same_run_dir_is_refused(tiny_run):
-    out, _ = tiny_run
-    proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}", "cpt.max_steps=99")
-    assert proc.returncode == 2
-    assert "different config" in proc.stderr and "cpt" in proc.stderr
+def _finished_at(run: Path) -> dict[str, str]:
+    return {s: json.loads((run / "steps" / f"{s}.json").read_text())["finished_at"] for s in STEPS}
+
+
+def _redone(proc: subprocess.CompletedProcess) -> list[str]:
+    return [s for s in STEPS if f"[step] {s} ..." in proc.stdout]
+
+
+def test_a_changed_setting_reruns_exactly_the_steps_that_depend_on_it(tiny_run, tmp_path):
+    import shutil
+    import time
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    cpt_weights = (out / "cpt" / "final" / "model.safetensors").read_bytes()
+    ift_weights = (out / "ift" / "final" / "model.safetensors").read_bytes()
+    time.sleep(1)  # finished_at has one-second resolution
+    before = _finished_at(out)
+
+    plan = cptift("plan", "configs/tiny.yaml", f"run.output_dir={out}", "ift.learning_rate=5e-4")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "cpt        done" in plan.stdout and "ift        rerun: ift.learning_rate" in plan.stdout
+    assert "eval_ift   rerun: ift reruns" in plan.stdout and "export     rerun: " in plan.stdout
+
+    proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}", "ift.learning_rate=5e-4")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _redone(proc) == ["ift", "eval_ift", "report", "export"]
+    assert "[redo] ift: changed since it finished: ift.learning_rate" in proc.stdout
+    after = _finished_at(out)
+    assert [s for s in STEPS if after[s] == before[s]] == ["prepare", "eval_base", "cpt", "eval_cpt"]
+    assert (out / "cpt" / "final" / "model.safetensors").read_bytes() == cpt_weights
+    assert (out / "ift" / "final" / "model.safetensors").read_bytes() != ift_weights
+
+    proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}", "ift.learning_rate=5e-4",
+                  "evals.max_new_tokens=6")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _redone(proc) == ["eval_base", "eval_cpt", "eval_ift", "report", "export"]
 
 
 def test_plan_eval_report_and_compare_commands_on_a_finished_run(tiny_run, tmp_path):
