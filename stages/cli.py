@@ -15,6 +15,8 @@
 
 Errors the user can fix (config, data, model path) print one line and exit 2;
 anything else prints its traceback, then one ``error:`` line, and exits 1.
+A run stopped by SIGTERM or SIGUSR1 saves a checkpoint and exits 75
+(``stages/preemption.py``); the same command continues it.
 In a multi-process job the line names the rank (``error: [rank 1/2] ...``) and
 the error is recorded for torchrun's failure summary.
 """
@@ -32,7 +34,7 @@ import yaml
 
 from corpora.chat import TemplateError
 from corpora.sources import DataError
-from stages import distributed
+from stages import distributed, preemption
 from stages.config import ConfigError, load_config, to_dict
 from stages.modeling import ModelError
 from stages.training import TrainingDiverged
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         code = COMMANDS[args.command](args) or 0
         distributed.shutdown()
         return code
+    except preemption.Preempted as exc:
+        print(f"preempted: {world.label()}{exc}", file=sys.stderr, flush=True)
+        return preemption.EXIT_PREEMPTED
     except USER_ERRORS as exc:
         return _fail(world, exc, str(exc), 2)
     except Exception as exc:  # a bug or an environment failure: keep the trace, end on one line
@@ -129,6 +134,7 @@ def cmd_run(args) -> int:
     from stages import pipeline
 
     cfg = load_config(args.config, args.overrides)
+    preemption.install()  # SIGTERM / SIGUSR1: checkpoint, stop, exit 75 (stages/preemption.py)
     steps = pipeline.STEPS
     if args.until:
         if args.until not in steps:

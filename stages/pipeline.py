@@ -35,7 +35,7 @@ from corpora import report as data_report
 from corpora.manifest import write_json_atomic
 from corpora.engine import Executor
 from corpora.prepare import PrepareSpec, prepare
-from stages import distributed, export, forgetting, invalidation
+from stages import distributed, export, forgetting, invalidation, preemption
 from stages.config import PipelineConfig, save_config, to_dict
 from stages.cpt import run_cpt
 from stages.evaluate import evaluate_checkpoint
@@ -202,6 +202,7 @@ def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[st
 def run_step(run: Run, step: str) -> dict:
     """Run one step on the ranks it needs, or skip it when rank 0 sees its marker with today's inputs."""
     world, marker = run.world, run.marker(step)
+    preemption.check_between_steps(step)
     decision = world.broadcast(_decide(run, step) if world.is_writer else None)
     if decision["skip"]:
         info = decision["marker"]

@@ -30,7 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from stages import distributed
+from stages import distributed, preemption
 from stages.checkpoints import CompleteMarker, incomplete, newest_complete
 from stages.config import ConfigError, TrainConfig
 
@@ -205,14 +205,15 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     # with one (the default, even in training) packed documents attend to each other.
     run.model.config.use_cache = False
     sample_log = SampleLog(run.collator, run.stage_dir / "samples" / f"rank-{world.rank:05d}.jsonl")
+    stop = preemption.StopOnSignal()
     trainer = Trainer(
         model=run.model, args=training_arguments(cfg, run), train_dataset=IndexedDataset(run.train_dataset),
         eval_dataset=run.eval_dataset, data_collator=sample_log, processing_class=run.tokenizer,
-        callbacks=[sample_log, CompleteMarker(), NonFiniteGuard(run.name, run.stage_dir / "checkpoints"),
+        callbacks=[sample_log, CompleteMarker(), NonFiniteGuard(run.name, run.stage_dir / "checkpoints"), stop,
                    *callbacks],
     )
     try:
-        return _train(trainer, run)
+        return _train(trainer, run, stop)
     finally:
         # A ZeRO-3 stage leaves a global that would make later from_pretrained
         # calls (evaluation, export on rank 0 alone) load partitioned and hang.
@@ -221,7 +222,7 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
         gc.collect()
 
 
-def _train(trainer: Trainer, run: StageRun) -> dict:
+def _train(trainer: Trainer, run: StageRun, stop: preemption.StopOnSignal) -> dict:
     ckpt_dir = run.stage_dir / "checkpoints"
     resume = newest_complete(ckpt_dir)
     for broken in incomplete(ckpt_dir):
@@ -230,6 +231,11 @@ def _train(trainer: Trainer, run: StageRun) -> dict:
     if resume:
         log.info("%s: resuming from %s", run.name, resume)
     result = trainer.train(resume_from_checkpoint=resume)
+    if stop.stopped_at is not None:
+        raise preemption.Preempted(
+            f"{run.name}: stopped by {preemption.requested() or 'a signal on another rank'} after step "
+            f"{stop.stopped_at}; saved {run.stage_dir / 'checkpoints' / f'checkpoint-{stop.stopped_at}'}; "
+            f"run the same command again to continue from it")
     metrics = dict(result.metrics)
     if run.eval_dataset is not None and len(run.eval_dataset):
         metrics.update(trainer.evaluate())

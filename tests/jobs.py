@@ -19,11 +19,15 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 600
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def env() -> dict[str, str]:
     """The test environment for a job: offline W&B, the venv's tools first on PATH, 1 thread per rank."""
-    return os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+    # Launcher variables that an in-process test (main() or TrainingArguments) left in os.environ
+    # would make every job think it is rank 0 of 1 on the test process's own port.
+    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    return inherited | {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                          "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 

@@ -123,3 +123,27 @@ def test_the_nan_guard_names_the_step_and_the_checkpoint_kept(tmp_path):
         guard.on_log(args, state, TrainerControl(), logs={"loss": math.nan, "grad_norm": 1.0})
     with pytest.raises(TrainingDiverged, match="grad_norm = inf"):
         guard.on_log(args, state, TrainerControl(), logs={"loss": 1.0, "grad_norm": math.inf})
+
+
+@pytest.mark.slow
+def test_sigusr1_saves_a_checkpoint_exits_75_and_the_rerun_ends_at_the_same_weights(uninterrupted, tmp_path):
+    from stages.preemption import EXIT_PREEMPTED
+
+    out = tmp_path / "run"
+    job = jobs.start([str(jobs.BIN / "cptift"), "run", *COMMON, f"run.output_dir={out}", "cpt.save_steps=12"],
+                     tmp_path / "job.log")
+    samples = out / "cpt" / "samples" / "rank-00000.jsonl"
+    deadline = time.time() + 300
+    while not (samples.exists() and len(samples.read_text().splitlines()) >= 3):  # 3 steps trained
+        assert job.poll() is None and time.time() < deadline, (tmp_path / "job.log").read_text()[-3000:]
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=300) == EXIT_PREEMPTED, (tmp_path / "job.log").read_text()[-3000:]
+    log = (tmp_path / "job.log").read_text()
+    saved = [p for p in (out / "cpt" / "checkpoints").glob("checkpoint-*") if (p / MARKER).exists()]
+    assert len(saved) == 1 and 3 <= int(saved[0].name.split("-")[1]) < 12  # not a scheduled save (those: 12)
+    assert f"preempted: cpt: stopped by SIGUSR1 after step {saved[0].name.split('-')[1]}" in log
+    assert not (out / "steps" / "cpt.json").exists() and (out / "steps" / "eval_base.json").exists()
+
+    jobs.ok(jobs.cptift("run", *COMMON, f"run.output_dir={out}", "cpt.save_steps=12"))
+    assert jobs.max_weight_diff(jobs.weights(uninterrupted / "cpt" / "final"), jobs.weights(out / "cpt" / "final")) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -37,5 +38,37 @@ def test_sbatch_runs_the_tiny_pipeline_on_two_ranks(slurm, tmp_path, isolated_ca
     assert state == "COMPLETED", f"{state}\n{job_log.read_text()[-4000:] if job_log.exists() else slurm.logs()}"
     assert_one_complete_run(out, processes=2)
     assert "1 node(s) x 2 process(es)" in job_log.read_text()
-    ranks = sorted(p.parent.name for p in out.glob(f"logs/slurm-{job}/node0/*/attempt_0/*/stdout.log"))
+    ranks = sorted(p.parent.name for p in out.glob(f"logs/slurm-{job}/node0/restart0/*/attempt_0/*/stdout.log"))
     assert ranks == ["0", "1"], "every rank's log is kept"
+
+
+def test_the_time_limit_signal_checkpoints_requeues_and_the_job_finishes(slurm, tmp_path, isolated_cache):  # noqa: F811
+    """USR1 to the batch shell (what --signal=B:USR1@300 sends before the time limit): every rank saves
+    a checkpoint and exits 75, the script requeues the job, and the requeued run resumes and completes."""
+    out = tmp_path / "run"
+    submit = subprocess.run(
+        [str(jobs.BIN / "cptift"), "launch", "configs/tiny.yaml", f"run.output_dir={out}", "cpt.save_steps=12",
+         "--executor", "slurm", "--nodes", "1", "--gpus-per-node", "2"],
+        cwd=jobs.ROOT, env=jobs.env() | {"SLURM_CONF": slurm.env["SLURM_CONF"]}, capture_output=True, text=True,
+        timeout=120)
+    job = re.search(r"submitted job (\d+)", jobs.ok(submit).stdout).group(1)
+    samples, deadline = out / "cpt" / "samples" / "rank-00001.jsonl", time.monotonic() + 300
+    while not (samples.exists() and len(samples.read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline and slurm.state(job) in ("PENDING", "RUNNING"), slurm.logs()
+        time.sleep(0.2)
+    slurm.run("scancel", "--signal=USR1", "--batch", job)
+    deadline = time.monotonic() + 120
+    while slurm.job_info(job).get("Restarts") != "1" or slurm.state(job) != "PENDING":
+        assert time.monotonic() < deadline, slurm.logs()
+        time.sleep(0.2)
+    # Slurm holds a requeued job for a while (BeginTime); a test need not wait for that policy.
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    state = slurm.wait(job, timeout_s=600)
+    log = (out / "logs" / f"slurm-{job}.out").read_text()
+    assert state == "COMPLETED", f"{state}\n{log[-4000:]}"
+    assert "stop signal: checkpointing, then requeueing" in log and "requeued (restart 1)" in log
+    assert "preempted: [rank 0/2] cpt: stopped by the stop file" in log and "Connection lost" not in log
+    assert slurm.job_info(job).get("Restarts") == "1"
+    assert_one_complete_run(out, processes=2, interrupted_attempts=1)
+    resumed = [p for p in out.glob(f"logs/slurm-{job}/node0/restart1/*/attempt_0/0/stderr.log")]
+    assert resumed and "resuming from" in resumed[0].read_text()
