@@ -43,10 +43,11 @@ def cptift(*args: str, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def torchrun(nproc: int, *args: str, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N cptift ARGS`` on this machine."""
+def torchrun(nproc: int, *args: str, timeout: int = TIMEOUT_S,
+             program: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N cptift ARGS`` on this machine (or ``program ARGS``)."""
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(nproc), "--no-python",
-           str(BIN / "cptift"), *args]
+           *(program or (str(BIN / "cptift"),)), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 

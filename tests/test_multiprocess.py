@@ -88,3 +88,28 @@ def test_two_ranks_evaluate_like_one_process(pair):
             assert a["value"] == b["value"] and a["scores"] == b["scores"], key
             assert a.get("replies") == b.get("replies"), key
     assert any(m["value"] > 0 for k, m in m_one.items() if k[1].endswith("accuracy")), "a test that cannot differ"
+
+
+def test_two_ranks_killed_while_saving_resume_to_the_uninterrupted_weights(pair, tmp_path):
+    """Both ranks SIGKILLed while writing checkpoint-12; the rerun resumes from checkpoint-6 on 2 ranks."""
+    import signal
+    import sys
+
+    from stages.checkpoints import MARKER
+    from tests.test_reliability import KILL_IN_SAVE
+
+    case, _, two = pair
+    if case != "zero2":
+        pytest.skip("one DeepSpeed stage is enough for the resume path")
+    out = tmp_path / "run"
+    args = ["run", "configs/tiny.yaml", *COMMON, f"cpt.deepspeed={CASES[case][0]}", "cpt.grad_accum_steps=1",
+            f"evals.parameters={CASES[case][1]}", f"run.output_dir={out}"]
+    killed = jobs.torchrun(2, *args, program=(sys.executable, "-c", KILL_IN_SAVE))
+    assert killed.returncode != 0 and f"Signal {int(signal.SIGKILL)} (SIGKILL)" in killed.stdout + killed.stderr
+    assert not (out / "cpt" / "checkpoints" / "checkpoint-12" / MARKER).exists()
+    resumed = jobs.ok(jobs.torchrun(2, *args))
+    assert "resuming from" in resumed.stderr and "checkpoint-6" in resumed.stderr
+    # float32, one thread per rank, the same two ranks: bit-identical to the uninterrupted 2-rank run.
+    assert jobs.max_weight_diff(jobs.weights(two / "cpt" / "final"), jobs.weights(out / "cpt" / "final")) == 0.0
+    for rank in (0, 1):
+        assert jobs.sample_log(out / "cpt", rank) == jobs.sample_log(two / "cpt", rank)
