@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from corpora.chat import IGNORE_INDEX
 
 
 def position_ids(length: int, starts: Sequence[int]) -> np.ndarray:
