@@ -162,7 +162,7 @@ def test_an_error_on_rank_0_alone_ends_every_rank_with_its_message(tmp_path, iso
                          f"data.domain.sources=[{domain}]", "tracking.wandb.mode=disabled", timeout=120)
     assert proc.returncode != 0 and time.time() - started < 60
     out = proc.stdout + proc.stderr
-    assert f"error: [rank 0/2] 1 of 2 inputs are unreadable" in out and f"{domain}:2: field 'text' missing" in out
+    assert "error: [rank 0/2] 1 of 2 inputs are unreadable" in out and f"{domain}:2: field 'text' missing" in out
     # torchrun's summary names rank 0's own error as the root cause, read from its error file.
     summary = out[out.rindex("Root Cause"):]
     assert "rank      : 0" in summary and "DataError" in summary and "field 'text' missing" in summary
