@@ -69,12 +69,15 @@ def _minimal() -> dict:
 def test_unknown_key_fails_before_any_model_loads(tmp_path, monkeypatch):
     """`cptift run` with a typo exits 2 before resolving (building/converting) any model."""
     import stages.modeling as modeling
+    import stages.pipeline as pipeline
     from stages.cli import main
 
     def forbidden(*a, **k):
         raise AssertionError("a model was resolved before the config was validated")
 
-    monkeypatch.setattr(modeling, "resolve_model", forbidden)
+    # Patch the pipeline's own binding too: imported under a patch, it would keep the fake for later tests.
+    for module in (modeling, pipeline):
+        monkeypatch.setattr(module, "resolve_model", forbidden)
     monkeypatch.setattr(modeling, "load_model", forbidden)
     code = main(["run", str(ROOT / "configs/tiny.yaml"), "cpt.max_stepz=3",
                  f"run.output_dir={tmp_path / 'run'}"])
