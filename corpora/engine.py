@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corpora.pii import PII_TYPES
 from corpora.steps import (CountingTokenizer, LengthFilter, Normalise, PlainWords, QuietLocalExecutor,
                            RankFileReader, Route, ScrubPII, SourceReader, Tag, hash_prefix)
 
@@ -58,7 +59,7 @@ class CorpusJob:
     max_duplicate_paragraph_fraction: float = 0.5
     max_duplicate_line_fraction: float = 0.95
     near_dedup: bool = True  # MinHash near-duplicate removal (exact copies are always removed with it)
-    pii: list[str] = field(default_factory=lambda: ["email", "phone", "ipv4", "ipv6", "card", "key"])
+    pii: list[str] = field(default_factory=lambda: list(PII_TYPES))
     seed: int = 0
     val_fraction: float = 0.0
     test_fraction: float = 0.0

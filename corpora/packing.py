@@ -105,10 +105,11 @@ def ift_block(examples: Sequence[dict], block_len: int, pad_id: int) -> dict[str
 
 
 def packing_efficiency(lengths: Sequence[int], block_len: int, batch: int) -> dict[str, float]:
-    """Share of real tokens in the rows the model computes, packed vs. padded per batch (in order)."""
+    """Share of real tokens in the rows the model computes, packed vs. padded per batch (in order),
+    and the number of packed rows."""
     total = int(sum(lengths))
     if not total:
-        return {"packed": 0.0, "padded": 0.0}
+        return {"packed": 0.0, "padded": 0.0, "packed_rows": 0}
     packed_rows = len(pack_examples(lengths, block_len))
     padded = sum(max(lengths[i:i + batch]) * len(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
-    return {"packed": total / (packed_rows * block_len), "padded": total / padded}
+    return {"packed": total / (packed_rows * block_len), "padded": total / padded, "packed_rows": packed_rows}

@@ -36,7 +36,7 @@ from corpora import report as data_report
 from corpora.builtin import builtin_documents
 from corpora.chat import render_example
 from corpora.cleaning import clean_documents
-from corpora.packing import pack_examples, packing_efficiency
+from corpora.packing import packing_efficiency
 from corpora.engine import CorpusJob, Executor, build_corpus, remove_work
 from corpora.shards import TokenShards
 from corpora.sources import BUILTIN, DataError, expand, read_documents, read_records, read_tasks
@@ -147,8 +147,8 @@ def _build_corpus(spec: PrepareSpec, sources: list[str], tokenizer, settings: di
     files = _input_files(sources, tmp / "inputs")
     counts = build_corpus(CorpusJob(files=files, **settings), tmp / "tokenizer.json", tokenizer.eos_token, tmp,
                           spec.executor)
-    splits = {s: {"documents": TokenShards(tmp / "shards" / s).documents,
-                  "tokens": TokenShards(tmp / "shards" / s).tokens} for s in ("train", "val", "test")}
+    shards = {s: TokenShards(tmp / "shards" / s) for s in ("train", "val", "test")}
+    splits = {s: {"documents": sh.documents, "tokens": sh.tokens} for s, sh in shards.items()}
     remove_work(tmp)
     mf.write_json_atomic(tmp / "corpus.json", counts | {"splits": splits, "sources": sources, "settings": settings})
     try:
@@ -216,9 +216,9 @@ def _write_ift(tokenizer, records: list[dict], max_len: int, batch: int, path: P
             fh.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
             kept += 1
             lengths.append(len(ids))
+    efficiency = packing_efficiency(lengths, max_len, batch)
     return {"examples": kept, "dropped_too_long": too_long, "seq_len": max_len,
-            "packed_blocks": len(pack_examples(lengths, max_len)),
-            "packing_efficiency": packing_efficiency(lengths, max_len, batch)}
+            "packed_blocks": efficiency.pop("packed_rows"), "packing_efficiency": efficiency}
 
 
 def _write_evals(spec: PrepareSpec, splits: dict[str, list[dict]], out: Path) -> dict:

@@ -1,6 +1,6 @@
 """Checkpoints that are always usable: a completeness marker, and resume from the newest complete one.
 
-    callbacks = [CompleteMarker(world)]                          # passed to the Trainer
+    callbacks = [CompleteMarker()]                               # passed to the Trainer
     resume = newest_complete(stage_dir / "checkpoints")          # None: start from scratch
 
 ``transformers.Trainer`` writes ``checkpoint-N/`` in place, one file after the

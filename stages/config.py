@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from corpora.pii import PII_TYPES
+
 
 class ConfigError(ValueError):
     """A config problem the user must fix; the message says where and how."""
@@ -120,13 +122,12 @@ class CleaningConfig:
     # API docs repeat signatures and separators: the stdlib docs reach 0.89 of lines.
     max_duplicate_line_fraction: float = 0.95
     near_dedup: bool = True  # MinHash near-duplicate removal (exact copies are removed with it)
-    pii: list[str] = field(default_factory=lambda: ["email", "phone", "ipv4", "ipv6", "card", "key"])  # types scrubbed
+    pii: list[str] = field(default_factory=lambda: list(PII_TYPES))  # types scrubbed (corpora.pii)
 
     def __post_init__(self) -> None:
-        unknown = set(self.pii) - {"email", "phone", "ipv4", "ipv6", "card", "key"}
+        unknown = set(self.pii) - set(PII_TYPES)
         if unknown:
-            raise ConfigError(f"data.cleaning.pii: unknown types {sorted(unknown)}; use email, phone, ipv4, "
-                              "ipv6, card, key")
+            raise ConfigError(f"data.cleaning.pii: unknown types {sorted(unknown)}; use {', '.join(PII_TYPES)}")
         for name in ("max_duplicate_paragraph_fraction", "max_duplicate_line_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"data.cleaning.{name} must be in (0, 1]")

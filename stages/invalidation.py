@@ -7,9 +7,9 @@
 A step's inputs are the config keys that decide its data and settings
 (``DEPENDS``) and the inputs hashes of the checkpoints or results it reads, so
 a change travels downstream and no further (every step runs after
-``prepare``, which has redone whatever data a changed key touches): change an IFT setting and IFT, its evaluation, the report and the
-export rerun, while preparation, CPT and the two evaluations before it are
-kept. Keys that only say where or how a step runs (``tracking``, ``run.name``,
+``prepare``, which has redone whatever data a changed key touches): change
+an IFT setting and IFT, its evaluation, the report and the export rerun,
+while preparation, CPT and the two evaluations before it are kept. Keys that only say where or how a step runs (``tracking``, ``run.name``,
 ``run.output_dir``, timeouts, ``data.engine.workers``...) are in no list, so
 changing them invalidates nothing.
 """

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corpora import report as data_report
-from corpora.manifest import write_json_atomic
 from corpora.engine import Executor
+from corpora.manifest import write_json_atomic
 from corpora.prepare import PrepareSpec, prepare
 from stages import distributed, export, forgetting, invalidation, preemption
 from stages.config import PipelineConfig, save_config, to_dict
@@ -87,7 +87,8 @@ def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
         val_fraction=d.domain.val_fraction, test_fraction=d.domain.test_fraction,
         instruction_test_fraction=d.instructions.test_fraction, max_records=d.instructions.max_records,
         replay_sources=d.replay.sources, replay_ratio=d.replay.ratio, eval_suites=suites,
-        cleaning=to_dict(d.cleaning), tasks=d.engine.tasks, max_bad_fraction=d.max_bad_fraction, ift_micro_batch=cfg.ift.micro_batch_size,
+        cleaning=to_dict(d.cleaning), tasks=d.engine.tasks, max_bad_fraction=d.max_bad_fraction,
+        ift_micro_batch=cfg.ift.micro_batch_size,
         cache_dir=d.cache_dir, executor=Executor(kind=str(d.engine.executor), workers=d.engine.workers,
                                                  slurm=to_dict(d.engine.slurm)),
     )
@@ -171,7 +172,6 @@ def open_run(cfg: PipelineConfig) -> Run:
     run = Run(cfg=cfg, dir=Path(cfg.run.output_dir), world=world)
     if world.is_writer:
         RunLock(run.dir).acquire()  # before anything is read or written: a second live run is refused
-    if world.is_writer:
         (run.dir / "steps").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.dir / "config.yaml")
     run.base = _resolve_base(cfg.model.path, world)
@@ -241,21 +241,19 @@ def _checkpoints_for(folder: Path, digest: str) -> None:
 
 def _decide(run: Run, step: str) -> dict:
     """Rank 0's view: today's inputs of ``step``, and whether its marker records the same."""
-    inputs = invalidation.step_inputs(run.cfg, step, _upstream_hashes(run))
+    markers = _markers(run)
+    upstream = {s: m.get("inputs_hash") if m else None for s, m in markers.items()}
+    inputs = invalidation.step_inputs(run.cfg, step, upstream)
     digest = invalidation.inputs_hash(inputs)
-    marker = json.loads(run.marker(step).read_text()) if run.marker(step).exists() else None
+    marker = markers[step]
     same = marker is not None and marker.get("inputs_hash") == digest
     why = invalidation.why_changed(marker, inputs) if marker and not same else []
     return {"skip": same, "marker": marker, "inputs": inputs, "hash": digest, "why": why}
 
 
-def _upstream_hashes(run: Run) -> dict[str, str | None]:
-    """The inputs hash each finished step recorded (what a downstream step was built from)."""
-    hashes = {}
-    for step in STEPS:
-        path = run.marker(step)
-        hashes[step] = json.loads(path.read_text()).get("inputs_hash") if path.exists() else None
-    return hashes
+def _markers(run: Run) -> dict[str, dict | None]:
+    """Every step's done-marker (None where the step has not finished)."""
+    return {s: json.loads(run.marker(s).read_text()) if run.marker(s).exists() else None for s in STEPS}
 
 
 def _say(world: distributed.World, text: str) -> None:

@@ -2,7 +2,7 @@
 
     preemption.install()                       # cptift run, before the pipeline starts
     callbacks = [preemption.StopOnSignal()]    # in every Trainer
-    preemption.check_between_steps()           # the driver, before each step
+    preemption.check_between_steps(step)       # the driver, before each step
 
 Slurm sends a signal before a job's time limit when asked (``#SBATCH
 --signal=B:USR1@300`` in ``launch/slurm.sbatch``: the batch shell then touches

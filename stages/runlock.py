@@ -54,14 +54,6 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock; it is released by ``release`` or when this process exits."""
-        self.__enter__()
-        atexit.register(self.release)
-        return self
-
-    def release(self) -> None:
-        self.__exit__(None, None, None)
-
-    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
@@ -71,6 +63,7 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(self.me, fh)
+            atexit.register(self.release)
             return self
 
     def _take_over_or_refuse(self) -> None:
@@ -91,7 +84,7 @@ class RunLock:
                             f"or set run.output_dir to another directory")
         self.path.unlink(missing_ok=True)  # a stale lock from a dead run on this host
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
         try:
             if json.loads(self.path.read_text()).get("pid") == self.me["pid"]:
                 self.path.unlink()
