@@ -249,6 +249,10 @@ class SlurmCluster:
     def state(self, job_id: str) -> str:
         return self.job_info(job_id).get("JobState", "UNKNOWN")
 
+    def node_state(self) -> str:
+        """The node's state as sinfo prints it (idle, allocated, completing...), "" if sinfo fails."""
+        return self.run("sinfo", "--noheader", "--nodes", self.node, "--format", "%T", check=False, timeout_s=15).stdout.strip()
+
     def wait(self, job_id: str, timeout_s: float = 300, poll_s: float = 0.5) -> str:
         """Wait until the job ends; returns its JobState (COMPLETED, FAILED, CANCELLED, TIMEOUT...).
 
@@ -354,14 +358,13 @@ def single_host_slurm(workdir: Path, cpus: int = 2, start_timeout_s: float = 60)
             dead = [name for name, proc in procs if proc.poll() is not None]
             if dead:
                 raise SlurmUnavailable(f"{', '.join(dead)} exited during start-up\n{cluster.logs()}")
-            result = cluster.run("sinfo", "--noheader", "--nodes", node, "--format", "%T", check=False, timeout_s=15)
-            state = result.stdout.strip()
+            state = cluster.node_state()
             if state == "idle":
                 break
             if time.monotonic() > deadline:
                 raise SlurmUnavailable(
                     f"node {node} not idle after {start_timeout_s:.0f} s "
-                    f"(sinfo: {state or result.stderr.strip()!r})\n{cluster.logs()}"
+                    f"(sinfo: {state!r})\n{cluster.logs()}"
                 )
             time.sleep(0.5)
 

@@ -58,14 +58,19 @@ def test_the_time_limit_signal_checkpoints_requeues_and_the_job_finishes(slurm, 
         time.sleep(0.2)
     slurm.run("scancel", "--signal=USR1", "--batch", job)
     deadline = time.monotonic() + 120
-    while slurm.job_info(job).get("Restarts") != "1" or slurm.state(job) != "PENDING":
+    # The job is PENDING as soon as it is requeued, while its first batch shell may still be exiting; the
+    # node turns idle only once every process of that run is gone and its epilog has finished.
+    while slurm.job_info(job).get("Restarts") != "1" or slurm.state(job) != "PENDING" or slurm.node_state() != "idle":
         assert time.monotonic() < deadline, slurm.logs()
         time.sleep(0.2)
-    # Slurm holds a requeued job for a while (BeginTime); a test need not wait for that policy.
+    # Slurm holds a requeued job for a while (BeginTime); a test need not wait for that policy. It must not
+    # restart the job in the second it was requeued, though: slurmd compares the new run's credential time
+    # with the old run's revocation time in whole seconds and refuses it ("Job credential revoked").
+    time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = slurm.wait(job, timeout_s=600)
     log = (out / "logs" / f"slurm-{job}.out").read_text()
-    assert state == "COMPLETED", f"{state}\n{log[-4000:]}"
+    assert state == "COMPLETED", f"{state}\n{log[-4000:]}\n{slurm.job_info(job)}\n{slurm.logs()}"
     assert "stop signal: checkpointing, then requeueing" in log and "requeued (restart 1)" in log
     assert "preempted: [rank 0/2] cpt: stopped by the stop file" in log and "Connection lost" not in log
     assert slurm.job_info(job).get("Restarts") == "1"
