@@ -9,8 +9,10 @@ sbatch array per stage on Slurm with ``engine.executor: slurm``):
    repetition filters -> PII scrub -> tag hash and split -> write -> MinHash signatures
 2. ``buckets`` (one task per MinHash bucket): candidate duplicate pairs
 3. ``cluster`` (1 task): duplicate clusters, one kept per cluster
-4. ``dedup``   (T tasks): drop cluster members, route documents to their split
-5. ``tokenise-<split>`` (T tasks): tokens + EOS per document into ``shards/<split>/``
+4. ``dedup``   (T tasks): drop cluster members; write each kept document's text to
+   ``docs/<split>/`` and its tokens + EOS to ``shards/<split>/``
+
+With near-dedup off, stage 1 ends with stage 4's writers and is the only stage.
 
 Task ``r`` of every stage reads exactly the files task ``r`` of the stage before
 wrote, so shard ``r`` holds the documents of input files ``r, r+T, ...`` in
@@ -24,7 +26,6 @@ of word 5-grams >= ~0.8) and told apart afterwards by their content hash
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import shutil
@@ -35,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from corpora.pii import PII_TYPES
-from corpora.steps import (CountingTokenizer, LengthFilter, Normalise, PlainWords, QuietLocalExecutor,
-                           RankFileReader, Route, ScrubPII, SourceReader, Tag, hash_prefix)
+from corpora.steps import (LengthFilter, Normalise, PlainWords, QuietLocalExecutor, RankFileReader, Route, ScrubPII,
+                           SourceReader, SplitTokenizer, Tag, TEXT_SUFFIX, hash_prefix, read_text_file, text_writer)
 
 SPLITS = ("train", "val", "test")
 # Documents per tokenizer call: the encodings of a batch are held at once, so a
@@ -93,15 +94,10 @@ def _minhash_config(seed: int):
 
 
 def _stages(job: CorpusJob, tasks: int, work: Path, out: Path, tokenizer_json: str, eos: str) -> list:
-    """(name, pipeline, number of tasks, input folder) for every stage, in order.
-
-    A stage with an input folder that holds nothing (an empty split) is skipped
-    by the local executor: each task would still load the tokenizer.
-    """
+    """(name, pipeline, number of tasks) for every stage, in order."""
     from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
                                                   MinhashDedupSignature)
     from datatrove.pipeline.filters import GopherRepetitionFilter
-    from datatrove.pipeline.writers import JsonlWriter
 
     mh, words = _minhash_config(job.seed), PlainWords()
     clean = [SourceReader(job.files, job.text_field, str(work / "problems"), job.max_documents),
@@ -114,27 +110,21 @@ def _stages(job: CorpusJob, tasks: int, work: Path, out: Path, tokenizer_json: s
                                             dup_line_char_frac=line, top_n_grams=(), dup_n_grams=((10, line),),
                                             language=words))
     clean += [ScrubPII(job.pii), Tag(job.seed, job.val_fraction, job.test_fraction)]
-    docs_writer = JsonlWriter(str(out / "docs"), output_filename="${split}/${rank}.jsonl.gz")
+    # The cleaned text of each split (the evaluation reads the test split's), then its tokens.
+    route_out = [text_writer(str(out / "docs"), "${split}/${rank}"),
+                 SplitTokenizer(str(out / "shards"), tokenizer_json, eos, TOKENIZE_BATCH)]
     if not job.near_dedup:  # nothing to remove: route to the splits in the same pass
-        stages = [("clean", [*clean, docs_writer], tasks, None)]
-    else:
-        clean += [JsonlWriter(str(work / "clean"), output_filename="${rank}.jsonl.gz"),
-                  MinhashDedupSignature(str(work / "signatures"), config=mh, language=words)]
-        route = [RankFileReader(str(work / "clean")),
-                 MinhashDedupFilter(str(work / "remove"), exclusion_writer=JsonlWriter(
-                     str(work / "removed"), output_filename="${rank}.jsonl.gz")),
-                 Route(str(work / "hashes")), docs_writer]
-        stages = [("clean", clean, tasks, None),
-                  ("buckets", [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=mh)],
-                   mh.num_buckets, None),
-                  ("cluster", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], 1, None),
-                  ("dedup", route, tasks, None)]
-    for split in SPLITS:
-        stages.append((f"tokenise-{split}", [
-            RankFileReader(str(out / "docs" / split)),
-            CountingTokenizer(str(out / "shards" / split), tokenizer_name_or_path=tokenizer_json, eos_token=eos,
-                              shuffle_documents=False, batch_size=TOKENIZE_BATCH)], tasks, out / "docs" / split))
-    return stages
+        return [("clean", [*clean, *route_out], tasks)]
+    clean += [text_writer(str(work / "clean"), "${rank}"),
+              MinhashDedupSignature(str(work / "signatures"), config=mh, language=words)]
+    route = [RankFileReader(str(work / "clean")),
+             MinhashDedupFilter(str(work / "remove"), exclusion_writer=text_writer(str(work / "removed"), "${rank}")),
+             Route(str(work / "hashes")), *route_out]
+    return [("clean", clean, tasks),
+            ("buckets", [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=mh)],
+             mh.num_buckets),
+            ("cluster", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], 1),
+            ("dedup", route, tasks)]
 
 
 def _run(stages: list, tasks: int, job: CorpusJob, work: Path, executor: Executor) -> None:
@@ -144,11 +134,11 @@ def _run(stages: list, tasks: int, job: CorpusJob, work: Path, executor: Executo
     # Job names unique to this build, so that waiting never confuses our jobs with another build's.
     tag = hashlib.sha1(str(work.resolve()).encode()).hexdigest()[:8]
     job_names = [f"cptift-{name}-{tag}" for name, *_ in stages]
-    for (name, pipeline, n_tasks, inputs), job_name in zip(stages, job_names):
+    for (name, pipeline, n_tasks), job_name in zip(stages, job_names):
         logs = str(work / "logs" / name)  # never the default ./logs: a re-run there silently does nothing
         if executor.kind == "slurm":  # submitted up front, so every stage runs
             previous = _slurm_executor(job_name, pipeline, n_tasks, logs, executor, previous)
-        elif inputs is None or any(Path(inputs).glob("*.jsonl.gz")):
+        else:
             QuietLocalExecutor(pipeline, tasks=n_tasks, workers=min(executor.workers, n_tasks),
                                logging_dir=logs, start_method="forkserver").run()
     if executor.kind == "slurm":
@@ -264,9 +254,8 @@ def _duplicate_kinds(work: Path) -> tuple[int, int]:
     removed as a near copy. Kept hashes are read one shard at a time.
     """
     removed = []
-    for path in sorted((work / "removed").glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            removed += [hash_prefix(json.loads(line)["metadata"]["hash"]) for line in fh]
+    for path in sorted((work / "removed").glob("*" + TEXT_SUFFIX)):
+        removed += [hash_prefix(row["metadata"]["hash"]) for row in read_text_file(path)]
     if not removed:
         return 0, 0
     wanted = np.array(removed, dtype=np.uint64)

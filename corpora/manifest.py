@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 # Bump when the prepared format or any transform changes meaning.
-FORMAT_VERSION = "cptift-data-v2"  # v2: datatrove token shards, packed IFT
+FORMAT_VERSION = "cptift-data-v3"  # v2: datatrove token shards, packed IFT; v3: zstd text, one-pass tokenising
 
 
 def _file_digest(path: Path) -> str:

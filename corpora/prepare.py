@@ -22,7 +22,6 @@ are never trained on.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from corpora.engine import CorpusJob, Executor, build_corpus, remove_work
 from corpora.shards import TokenShards
 from corpora.sources import BUILTIN, DataError, expand, read_documents, read_records, read_tasks
 from corpora.splits import assign_split
+from corpora.steps import TEXT_SUFFIX, read_text_file
 
 SPLIT_PREFIX = "split:"
 
@@ -187,9 +187,8 @@ def _check_bad_share(info: dict, max_fraction: float) -> None:
 
 def _read_docs(folder: Path) -> list[dict]:
     docs = []
-    for path in sorted(folder.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            docs += [{"id": row["id"], "text": row["text"]} for row in map(json.loads, fh)]
+    for path in sorted(folder.glob("*" + TEXT_SUFFIX)):
+        docs += [{"id": row["id"], "text": row["text"]} for row in read_text_file(path)]
     return docs
 
 

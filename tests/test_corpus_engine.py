@@ -1,7 +1,7 @@
 """The datatrove corpus pipeline: every token kept once, duplicates and PII removed, bad input reported.
 
 Each test runs the real pipeline (``corpora.prepare.corpus`` -> datatrove's
-local executor, MinHash stages, DocumentTokenizer) on a corpus it plants.
+local executor, MinHash stages, our SplitTokenizer) on a corpus it plants.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from corpora.engine import Executor
 from corpora.prepare import PrepareSpec, corpus
 from corpora.shards import TokenShards
+from corpora.steps import TEXT_SUFFIX, read_text_file
 
 WORDS = ("river stone lamp orbit cedar maple quartz falcon harbor meadow copper violet summit lantern "
          "pillow garnet thistle canyon ember willow saffron tundra beacon marble glacier").split()
@@ -42,9 +43,8 @@ def _spec(tmp_path: Path, **kw) -> PrepareSpec:
 
 def _stream_docs(info: dict, split: str = "train") -> list[dict]:
     docs = []
-    for path in sorted((Path(info["path"]) / "docs" / split).glob("*.jsonl.gz")):
-        with gzip.open(path, "rt") as fh:
-            docs += [json.loads(line) for line in fh]
+    for path in sorted((Path(info["path"]) / "docs" / split).glob("*" + TEXT_SUFFIX)):
+        docs += list(read_text_file(path))
     return docs
 
 

@@ -15,7 +15,6 @@ its own cluster from the same template with RealMemory added to the node line.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import time
@@ -25,6 +24,7 @@ import pytest
 
 from corpora.engine import SPLITS, CorpusJob, Executor, build_corpus
 from corpora.prepare import PrepareSpec, corpus
+from corpora.steps import TEXT_SUFFIX, read_text_file
 from tests import slurm_cluster
 from tests.test_corpus_engine import _doc, _near_copy
 
@@ -78,12 +78,8 @@ def _spec(cache: Path, executor: Executor) -> PrepareSpec:
 
 
 def _docs(path: Path, split: str) -> dict[str, str]:
-    """file name -> decompressed text (gzip headers may differ, the content must not)."""
-    out = {}
-    for file in sorted((path / "docs" / split).glob("*.jsonl.gz")):
-        with gzip.open(file, "rt", encoding="utf-8") as fh:
-            out[file.name] = fh.read()
-    return out
+    """file name -> rows (compressed bytes may differ, the content must not)."""
+    return {file.name: list(read_text_file(file)) for file in sorted((path / "docs" / split).glob("*" + TEXT_SUFFIX))}
 
 
 @pytest.mark.timeout(300)
@@ -104,7 +100,8 @@ def test_slurm_executor_prepares_the_same_corpus_as_the_local_one(slurm_env, tmp
         names = sorted(p.name for p in (a / "shards" / split).glob("*.ds*") if not p.name.endswith(".metadata"))
         assert names == sorted(p.name for p in (b / "shards" / split).glob("*.ds*")
                                if not p.name.endswith(".metadata"))
-        assert len([n for n in names if n.endswith(".ds")]) == 3, names  # one shard per task
+        # at most one shard per task (a task with no document of this split writes none)
+        assert 0 < len([n for n in names if n.endswith(".ds")]) <= 3, names
         for name in names:
             assert (a / "shards" / split / name).read_bytes() == (b / "shards" / split / name).read_bytes(), \
                 f"shards/{split}/{name} differs"
@@ -118,16 +115,16 @@ def test_slurm_executor_prepares_the_same_corpus_as_the_local_one(slurm_env, tmp
 
 @pytest.mark.timeout(180)
 def test_a_failed_slurm_task_ends_the_wait_with_an_error(slurm_env, tmp_path):
-    """A tokenise task fails (no tokenizer.json): the wait raises, naming the stage, and cancels what is left."""
+    """The tokenising stage fails (no tokenizer.json): the wait raises, naming the stage, and cancels what is left."""
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"text": _doc(900 + i)}) + "\n" for i in range(3)))
-    job = CorpusJob(files=[(str(path), str(path))], min_chars=20, near_dedup=False, tasks=1)
+    job = CorpusJob(files=[(str(path), str(path))], min_chars=20, tasks=1)  # near-dedup on: tokenised in "dedup"
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="tokenise-train") as failed:
+    with pytest.raises(RuntimeError, match="first unfinished stage 'dedup'") as failed:
         build_corpus(job, tmp_path / "missing" / "tokenizer.json", "</s>", out,
                      Executor(kind="slurm", workers=1, slurm=SLURM_OPTIONS))
     assert "missing/tokenizer.json" in str(failed.value)  # the failed task's log tail is in the message
-    assert (out / "work" / "logs" / "clean" / "stats.json").exists()  # the stage before it finished
+    assert (out / "work" / "logs" / "cluster" / "stats.json").exists()  # the stages before it finished
     deadline = time.monotonic() + 30  # scancel is asynchronous
     while (queued := slurm_env.run("squeue", "--noheader").stdout.strip()) and time.monotonic() < deadline:
         time.sleep(0.5)

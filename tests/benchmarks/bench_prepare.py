@@ -22,10 +22,14 @@ EOS per document; the product also normalises, filters and scrubs text, so it
 may write fewer documents. Every process tokenises on one thread
 (TOKENIZERS_PARALLELISM=false) unless ``--parallel-tokenizer``. Peak memory
 ("tree MB") is the sum of PSS over the child's whole process tree (datatrove's
-workers and the Manager it forks per stage) polled every 0.1 s: summed RSS
-would count shared pages once per process. "proc MB" is the largest single
+workers and the Manager it forks per stage) polled every 0.5 s: summed RSS
+would count shared pages once per process, and reading every process's smaps
+more often took enough CPU from two busy workers on two cores to cut their
+measured speed by about 15%. "proc MB" is the largest single
 process's ru_maxrss. Ratios are against the faster baseline (datasets-map or
-plain-loop). product-1w also runs on ``--mb / 10`` for memory scaling.
+plain-loop). Each method runs ``--repeat`` times (default 2, in rounds) and
+its fastest run counts: this VM's speed varies by up to 1.5x between runs.
+product-1w also runs on ``--mb / 10`` for memory scaling.
 Not collected by pytest; figures go to docs/performance.md.
 """
 
@@ -196,6 +200,9 @@ def _tree_pss(root) -> int:
     return total
 
 
+PSS_POLL_S = 0.5  # see the module docstring
+
+
 def measure(method: str, corpus_dir: Path, work: Path, args) -> dict:
     """Run one method in a fresh child; its result plus the peak PSS of its process tree."""
     import psutil
@@ -216,7 +223,7 @@ def measure(method: str, corpus_dir: Path, work: Path, args) -> dict:
                 peak = max(peak, _tree_pss(root))
             except psutil.Error:
                 pass
-            time.sleep(0.1)
+            time.sleep(PSS_POLL_S)
     text = log.read_text()
     line = next((ln for ln in text.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode or line is None:
@@ -248,7 +255,7 @@ def report(results: dict, small: dict, args, docs: int) -> None:
     for label, ok, detail in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {label}  ({detail})")
     if args.mb < 20:
-        print(f"note: at {args.mb:g} MB fixed start-up costs dominate (datatrove: 5 stages x {FILES} tasks, and a "
+        print(f"note: at {args.mb:g} MB fixed start-up costs dominate (datatrove: {FILES} tasks, and a "
               "worker pool spawned per stage with 2 workers); judge the checks at the default --mb 50")
 
 
@@ -257,9 +264,14 @@ def bench(args, work: Path) -> None:
     docs = make_corpus(work / "corpus", args.mb, args.seed)
     make_corpus(work / "corpus-small", args.mb / 10, args.seed)
     results = {}
-    for method in METHODS:
-        print(f"running {method} ...", flush=True)
-        results[method] = measure(method, work / "corpus", work, args)
+    for attempt in range(args.repeat):  # rounds over all methods, so a slow spell of the VM hits them alike
+        for method in METHODS:
+            print(f"running {method} ({attempt + 1}/{args.repeat}) ...", flush=True)
+            r = measure(method, work / "corpus", work, args)
+            best = results.get(method)
+            # fastest run, highest memory peak seen
+            results[method] = (r if best is None or r["secs"] < best["secs"] else best) | {
+                "tree_mb": max(r["tree_mb"], best["tree_mb"] if best else 0)}
     print("running product-1w on the 1/10 corpus ...", flush=True)
     small = measure("product-1w", work / "corpus-small", work, args)
     report(results, small, args, docs)
@@ -272,6 +284,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=sorted(TOKENIZERS), default="smollm2")
     parser.add_argument("--workdir", default="", help="kept afterwards; default: a temporary folder, removed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per method; the fastest counts")
     parser.add_argument("--parallel-tokenizer", action="store_true", help="let each process tokenise on all cores")
     for hidden in ("--method", "--input", "--out"):  # the child's arguments
         parser.add_argument(hidden, default="", help=argparse.SUPPRESS)
