@@ -116,8 +116,26 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         return _fail(world, exc, str(exc), 2)
     except Exception as exc:  # a bug or an environment failure: keep the trace, end on one line
+        if _disk_full(exc):
+            return _fail(world, exc, f"no space left on the device writing {_disk_full(exc)}; free space, or point "
+                         "run.output_dir / data.cache_dir at a larger disk, and run the same command again: "
+                         "completed steps and complete checkpoints are kept", 2)
         traceback.print_exc()
         return _fail(world, exc, f"{type(exc).__name__}: {exc}", 1)
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """The file being written when the disk (or the file-size limit) ran out, from anywhere in the chain."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return str(exc.filename or "a file")
+        # Writers in Rust or C++ (safetensors, torch.save) report the OS error in their message only.
+        if any(f"os error {n}" in str(exc) for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
+            return f"a file ({exc})"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fail(world: distributed.World, exc: BaseException, text: str, code: int) -> int:
@@ -182,12 +200,15 @@ def cmd_plan(args) -> int:
 def cmd_eval(args) -> int:
     from stages import pipeline
     from stages.evaluate import evaluate_checkpoint
-    from stages.modeling import resolve_model
+    from stages.modeling import check_model_folder, resolve_model
 
     cfg = load_config(args.config, args.overrides)
     run = pipeline.open_run(cfg)
     pipeline.run_step(run, "prepare")
-    result = evaluate_checkpoint(resolve_model(args.model), run.data, cfg.evals, cfg.model.dtype)
+    model = resolve_model(args.model)
+    check_model_folder(model, cfg.model.trust_remote_code)
+    result = evaluate_checkpoint(model, run.data, cfg.evals, cfg.model.dtype, cfg.model.attn_implementation,
+                                 cfg.model.trust_remote_code)
     if not run.world.is_writer:
         return 0  # every rank evaluated its share; rank 0 holds the gathered result
     text = json.dumps(result, indent=2)

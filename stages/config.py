@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import enum
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class ModelConfig:
     path: str = "builtin:tiny"  # HF folder, or builtin:smollm2-135m-instruct / builtin:tiny
     dtype: Dtype = Dtype.bfloat16  # compute and save dtype
     attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA when importable, else sdpa
+    trust_remote_code: bool = False  # run model code shipped in the folder (config.json auto_map); read it first
 
 
 @dataclass
@@ -194,6 +196,8 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})"
             )
+        if self.logging_steps < 1:
+            raise ConfigError(f"logging_steps must be at least 1, got {self.logging_steps}")
         if self.save_steps % self.logging_steps:
             raise ConfigError(f"save_steps ({self.save_steps}) must be a multiple of logging_steps "
                               f"({self.logging_steps}): the NaN guard checks each logged loss before a save")
@@ -276,7 +280,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
+    raw = _parse_yaml(text, str(path), "fix the file's YAML syntax") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     for item in overrides:
@@ -296,7 +306,24 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section in {path}")
-    node[leaf] = yaml.safe_load(value) if value != "" else ""
+    node[leaf] = _parse_yaml(value, f"override {item!r}", "values are YAML: close the brackets, or quote the "
+                             "value (key=\"'text'\") to pass it as a string") if value != "" else ""
+
+
+def _parse_yaml(text: str, where: str, advice: str) -> Any:
+    """``yaml.safe_load``; every way it fails becomes a one-line ConfigError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = " ".join(filter(None, [exc.context, exc.problem]))
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
+        at, reason = "", str(exc)
+    except RecursionError:
+        at, reason = "", "nested too deeply"
+    reason = " ".join(reason.split())[:200]  # yaml's messages span lines
+    raise ConfigError(f"{where}: invalid YAML{at} ({reason}); {advice}")
 
 
 def _resolve_key(cls: type, parts: list[str], origin: str) -> None:
@@ -311,6 +338,19 @@ def _resolve_key(cls: type, parts: list[str], origin: str) -> None:
             _resolve_key(sub, parts[1:], origin)
         elif typing.get_origin(sub) is not dict:
             raise ConfigError(f"{origin}: {head} is a value, not a section")
+
+
+# Values in messages: YAML aliases can make one exponentially large (or recursive),
+# and repr() of an integer of more than 4300 digits raises.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 3
+
+
+def _shown(value: Any) -> str:
+    try:
+        return _SHORT.repr(value)
+    except ValueError:
+        return f"a {value.bit_length()}-bit integer" if isinstance(value, int) else type(value).__name__
 
 
 def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
@@ -329,7 +369,8 @@ def build(cls: type, data: Any, origin: str, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(_unknown_key_message(f"{prefix}{key}", [f"{prefix}{n}" for n in names], origin))
+            name = key if isinstance(key, str) else _shown(key)
+            raise ConfigError(_unknown_key_message(f"{prefix}{name}", [f"{prefix}{n}" for n in names], origin))
         kwargs[key] = _coerce(hints[key], value, origin, f"{prefix}{key}")
     try:
         return cls(**kwargs)
@@ -338,14 +379,14 @@ def build(cls: type, data: Any, origin: str, prefix: str = "") -> Any:
 
 
 def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
-    bad = ConfigError(f"{origin}: {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    bad = ConfigError(f"{origin}: {key}: expected {getattr(tp, '__name__', tp)}, got {_shown(value)}")
     if dataclasses.is_dataclass(tp):
         return build(tp, value, origin, prefix=f"{key}.")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
-            raise ConfigError(f"{origin}: {key}: {value!r} is not one of {[m.value for m in tp]}") from None
+            raise ConfigError(f"{origin}: {key}: {_shown(value)} is not one of {[m.value for m in tp]}") from None
     container = typing.get_origin(tp)
     if container is list:
         if not isinstance(value, list):
@@ -358,12 +399,17 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
             raise bad from None
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # an integer of more than 4300 digits
+            raise bad from None
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise bad
+    if tp is int and not -2**63 <= value < 2**63:  # steps, sizes and seeds end up in int64 tensors and numpy
+        raise ConfigError(f"{origin}: {key}: {_shown(value)} does not fit in 64 bits")
     return value
 
 

@@ -70,9 +70,9 @@ def cpt_datasets(cfg: PipelineConfig, data_dir: Path) -> tuple[BlockDataset, Blo
 
 def cpt_stage(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path) -> StageRun:
     """The model, data and collator of a CPT stage, ready for ``train_stage``."""
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     # Train from float32 weights: DeepSpeed's bf16 mode keeps fp32 master weights.
-    model = load_model(model_path, "float32", cfg.model.attn_implementation)
+    model = load_model(model_path, "float32", cfg.model.attn_implementation, cfg.model.trust_remote_code)
     train, val = cpt_datasets(cfg, data_dir)
     return StageRun(
         name="cpt", model=model, tokenizer=tokenizer, train_dataset=train, eval_dataset=val,

@@ -213,23 +213,24 @@ def evaluate_task(ev: Evaluator, suite: str, name: str, items: list[dict], cfg: 
 
 
 @contextlib.contextmanager
-def evaluator(model_path: str, cfg: EvalConfig, dtype: str, attn: str) -> Iterator[Evaluator]:
-    """The model loaded the way ``evals.parameters`` asks, on every rank."""
+def evaluator(model_path: str, cfg: EvalConfig, dtype: str, attn: str, trust: bool) -> Iterator[Evaluator]:
+    """The model loaded the way ``evals.parameters`` asks, on every rank (``trust``: model.trust_remote_code)."""
     world = distributed.current()
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, trust)
     if cfg.parameters == EvalParameters.zero3 and world.is_multi:
-        with partitioned_model(model_path, dtype, attn) as model:
+        with partitioned_model(model_path, dtype, attn, trust) as model:
             yield Evaluator(model, tokenizer, world, cfg.batch_size, lockstep=True)
         return
-    model = load_model(model_path, dtype, attn).to(distributed.device()).eval()
+    model = load_model(model_path, dtype, attn, trust).to(distributed.device()).eval()
     yield Evaluator(model, tokenizer, world, cfg.batch_size)
 
 
-def evaluate_checkpoint(model_path: str, data_dir: Path, cfg: EvalConfig, dtype: str, attn: str = "auto") -> dict:
+def evaluate_checkpoint(model_path: str, data_dir: Path, cfg: EvalConfig, dtype: str, attn: str = "auto",
+                        trust_remote_code: bool = False) -> dict:
     """Every suite's metrics for one checkpoint; run on every rank, identical result on each."""
     start = time.time()
     metrics = []
-    with evaluator(model_path, cfg, dtype, attn) as ev:
+    with evaluator(model_path, cfg, dtype, attn, trust_remote_code) as ev:
         for suite in SUITES:
             suite_dir = data_dir / "eval" / suite
             docs = read_jsonl(suite_dir / "perplexity.jsonl") if (suite_dir / "perplexity.jsonl").exists() else []

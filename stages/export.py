@@ -25,8 +25,8 @@ from stages.modeling import load_model, load_tokenizer
 def export_model(src: str, dst: Path, report: dict, cfg: PipelineConfig) -> dict:
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    tokenizer = load_tokenizer(src)
-    model = load_model(src, cfg.model.dtype)
+    tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
+    model = load_model(src, cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     gen = model.generation_config
     # Serving engines stop on generation_config's eos: make it the end-of-turn token.
     gen.eos_token_id, gen.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -35,15 +35,15 @@ def export_model(src: str, dst: Path, report: dict, cfg: PipelineConfig) -> dict
     (partial / "README.md").write_text(model_card(cfg, src, report))
     shutil.rmtree(dst, ignore_errors=True)
     partial.rename(dst)
-    reply = check_export(dst, cfg.export.check_prompt)
+    reply = check_export(dst, cfg.export.check_prompt, cfg.model.trust_remote_code)
     print(f"export check: {cfg.export.check_prompt!r} -> {reply!r}")
     return {"path": str(dst), "from": src, "check_prompt": cfg.export.check_prompt, "check_reply": reply}
 
 
-def check_export(path: Path, prompt: str, max_new_tokens: int = 40) -> str:
+def check_export(path: Path, prompt: str, trust_remote_code: bool = False, max_new_tokens: int = 40) -> str:
     """Load with no extra arguments, as a serving user would, and answer one chat prompt."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)

@@ -67,8 +67,8 @@ def ift_dataset(cfg: PipelineConfig, data_dir: Path, tokenizer) -> tuple[torch.u
 
 
 def run_ift(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path, tracker) -> dict:
-    tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, "float32", cfg.model.attn_implementation)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    model = load_model(model_path, "float32", cfg.model.attn_implementation, cfg.model.trust_remote_code)
     dataset, collator = ift_dataset(cfg, data_dir, tokenizer)
     run = StageRun(
         name="ift", model=model, tokenizer=tokenizer, train_dataset=dataset, eval_dataset=None,

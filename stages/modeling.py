@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -59,6 +60,9 @@ def resolve_model(spec: str) -> str:
     if spec.startswith("builtin:"):
         raise ModelError(f"model.path: unknown built-in {spec!r}; use {SMOLLM2} or {TINY}")
     path = Path(spec)
+    if not path.exists() and (path.is_absolute() or spec.startswith((".", "~"))):
+        raise ModelError(f"model.path: {spec} does not exist; point it at a Hugging Face model folder "
+                         "(config.json, tokenizer files, *.safetensors)")
     if path.exists() and not (path / "config.json").exists():
         raise ModelError(f"model.path: {spec} has no config.json; point it at a Hugging Face model folder")
     return spec  # a local folder, or a hub id that from_pretrained resolves where a hub is reachable
@@ -140,8 +144,29 @@ def attention_backend(requested: str = "auto") -> str:
     return "sdpa"
 
 
-def load_tokenizer(path: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+def check_model_folder(path: str, trust_remote_code: bool = False) -> None:
+    """Refuse, before anything loads, a model that would run code from outside the run.
+
+    Weights must be safetensors: a ``pytorch_model.bin`` is a pickle, and
+    unpickling runs whatever it names. Code shipped in the folder (``auto_map``
+    in config.json) runs only with ``model.trust_remote_code: true``.
+    """
+    folder = Path(path)
+    if not (folder / "config.json").exists():
+        return  # a hub id, resolved by from_pretrained where a hub is reachable
+    weights = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
+    if weights and not any(w.endswith(".safetensors") for w in weights):
+        raise ModelError(f"model.path: {path} has only pickled weights ({', '.join(sorted(weights))}); cptift loads "
+                         "safetensors only: convert once where you trust the file, with "
+                         "AutoModelForCausalLM.from_pretrained(path).save_pretrained(new_path)")
+    custom = json.loads((folder / "config.json").read_text()).get("auto_map")
+    if custom and not trust_remote_code:
+        raise ModelError(f"model.path: {path} ships its own model code ({', '.join(sorted(custom.values()))}); "
+                         "read it, then set model.trust_remote_code: true to run it")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token is None:
         raise ModelError(f"{path}: tokenizer has no eos_token; CPT separates documents with it")
     if tokenizer.chat_template is None:
@@ -152,14 +177,16 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", attn: str = "auto"):
+def load_model(path: str, dtype: str = "float32", attn: str = "auto", trust_remote_code: bool = False):
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), attn_implementation=attention_backend(attn), use_safetensors=True
+        path, dtype=getattr(torch, dtype), attn_implementation=attention_backend(attn), use_safetensors=True,
+        trust_remote_code=trust_remote_code,
     )
 
 
 @contextlib.contextmanager
-def partitioned_model(path: str, dtype: str = "bfloat16", attn: str = "auto") -> Iterator[torch.nn.Module]:
+def partitioned_model(path: str, dtype: str = "bfloat16", attn: str = "auto",
+                      trust_remote_code: bool = False) -> Iterator[torch.nn.Module]:
     """The model with its parameters partitioned over all ranks (ZeRO-3 inference), for evaluation.
 
     Every rank must call this and then run the same number of forward passes.
@@ -173,7 +200,7 @@ def partitioned_model(path: str, dtype: str = "bfloat16", attn: str = "auto") ->
                  "bf16": {"enabled": dtype == "bfloat16"}, "train_micro_batch_size_per_gpu": 1}
     keep_alive = HfDeepSpeedConfig(ds_config)
     try:
-        model = load_model(path, dtype, attn)
+        model = load_model(path, dtype, attn, trust_remote_code)
         engine = deepspeed.initialize(model=model, config=ds_config)[0]
         yield engine.module.eval()
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,11 +37,11 @@ from corpora.engine import Executor
 from corpora.manifest import write_json_atomic
 from corpora.prepare import PrepareSpec, prepare
 from stages import distributed, export, forgetting, invalidation, preemption
-from stages.config import PipelineConfig, save_config, to_dict
+from stages.config import ConfigError, PipelineConfig, save_config, to_dict
 from stages.cpt import run_cpt
 from stages.evaluate import evaluate_checkpoint
 from stages.ift import run_ift
-from stages.modeling import is_instruction_tuned, load_tokenizer, resolve_model
+from stages.modeling import check_model_folder, is_instruction_tuned, load_tokenizer, resolve_model
 from stages.runlock import RunLock
 from stages.tracking import start_run
 from stages.training import resolve_deepspeed
@@ -98,7 +99,7 @@ def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
 
 
 def step_prepare(run: Run) -> dict:
-    manifest = prepare(spec_from_config(run.cfg), load_tokenizer(run.base), run.data)
+    manifest = prepare(spec_from_config(run.cfg), load_tokenizer(run.base, run.cfg.model.trust_remote_code), run.data)
     print(data_report.read(run.data))
     return {"fingerprint": manifest["fingerprint"], "reused": manifest.get("reused", False),
             "report": str(run.data / "report.md")}
@@ -107,7 +108,7 @@ def step_prepare(run: Run) -> dict:
 def make_eval_step(stage: str) -> Callable[[Run], dict]:
     def step(run: Run) -> dict | None:
         result = evaluate_checkpoint(run.final(stage), run.data, run.cfg.evals, run.cfg.model.dtype,
-                                     run.cfg.model.attn_implementation)
+                                     run.cfg.model.attn_implementation, run.cfg.model.trust_remote_code)
         if not run.world.is_writer:
             return None  # every rank holds the gathered result; rank 0 records it
         result = {"checkpoint": stage} | result
@@ -171,11 +172,24 @@ def open_run(cfg: PipelineConfig) -> Run:
     preflight(cfg)
     run = Run(cfg=cfg, dir=Path(cfg.run.output_dir), world=world)
     if world.is_writer:
+        _check_writable(run.dir)
         RunLock(run.dir).acquire()  # before anything is read or written: a second live run is refused
         (run.dir / "steps").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.dir / "config.yaml")
     run.base = _resolve_base(cfg.model.path, world)
+    check_model_folder(run.base, cfg.model.trust_remote_code)
     return run
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"run.output_dir: cannot write to {folder} ({exc.strerror or exc}); "
+                          "choose a directory you can write") from None
 
 
 def _resolve_base(path: str, world: distributed.World) -> str:
@@ -188,7 +202,8 @@ def _resolve_base(path: str, world: distributed.World) -> str:
 
 def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[str, dict]:
     run = open_run(cfg)
-    if run.world.is_writer and is_instruction_tuned(load_tokenizer(run.base), cfg.model.path):
+    if run.world.is_writer and is_instruction_tuned(load_tokenizer(run.base, cfg.model.trust_remote_code),
+                                                    cfg.model.path):
         log.warning("%s is already instruction-tuned: CPT will erode its chat behaviour and IFT must "
                     "restore it; watch the general suite's */stopped metrics in the report", cfg.model.path)
     done = {}
