@@ -114,6 +114,11 @@ def _report(on_problem: ProblemSink, file: str, line: int | None, reason: str, d
     on_problem(Problem(file, line, reason, detail))
 
 
+def brief(exc: object, limit: int = 120) -> str:
+    """A library's error message on one line (arrow's and zstd's can span several), cut to ``limit``."""
+    return " ".join(str(exc).split())[:limit]
+
+
 def _text_document(path: Path, bad) -> Iterator[dict]:
     try:
         with path.open("rb") as fh:
@@ -218,7 +223,7 @@ def _head(fh, decompress) -> bytes | None:
 
 def _jsonl_documents(stream, where: str, text_field: str, bad) -> Iterator[dict]:
     def broken(exc: BaseException, lines_read: int) -> None:
-        bad(lines_read + 1, "corrupt_file", f"the stream breaks here ({exc}); the rows before it were kept")
+        bad(lines_read + 1, "corrupt_file", f"the stream breaks here ({brief(exc)}); the rows before it were kept")
 
     with stream:
         for lineno, raw in _guarded(enumerate(stream, 1), _stream_errors(), broken):
@@ -257,7 +262,7 @@ def _parse_line(raw: bytes, lineno: int, bad) -> dict | None:
     try:
         row = json.loads(line)
     except (ValueError, RecursionError) as exc:  # ValueError: also the int-digits limit; Recursion: deep nesting
-        return bad(lineno, "invalid_json", f"invalid JSON ({getattr(exc, 'msg', str(exc))[:80]})")
+        return bad(lineno, "invalid_json", f"invalid JSON ({brief(getattr(exc, 'msg', exc), 80)})")
     if not isinstance(row, dict):
         return bad(lineno, "not_an_object", f"expected a JSON object, got {_json_type(row)}")
     return row
@@ -265,11 +270,28 @@ def _parse_line(raw: bytes, lineno: int, bad) -> dict | None:
 
 def _text_of(row: dict, text_field: str, line: int, bad) -> str | None:
     text = row.get(text_field)
+    if isinstance(text, str) and (where := lone_surrogate(text)) is not None:
+        return bad(line, "not_utf8", f"field {text_field!r} holds a lone surrogate ({where}), not valid "
+                                     f"Unicode: fix the \\u escape or drop the row")
     if isinstance(text, str):
         return text  # empty text is no problem here: the length filter drops it and counts it
     if text_field not in row:
         return bad(line, "missing_text_field", f"field {text_field!r} missing (row keys: {sorted(row)[:MAX_KEYS]})")
     return bad(line, "missing_text_field", f"field {text_field!r} is {_json_type(text)}, not a string")
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Where ``text`` holds half a surrogate pair (JSON can escape one: ``"\\ud800"``); None when it does not.
+
+    Such a string cannot be written or hashed as UTF-8 later in the pipeline.
+    """
+    if text.isascii():  # O(1) in CPython: most documents end here
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(text[exc.start]):04x} at character {exc.start + 1}"
+    return None
 
 
 def _json_type(value: object) -> str:
@@ -287,7 +309,7 @@ def _array_documents(fh, where: str, text_field: str, bad) -> Iterator[dict]:
     except UnicodeDecodeError as exc:
         return bad(None, "not_utf8", f"not UTF-8 ({exc.reason} at byte {exc.start}); {ICONV}")
     except (ValueError, RecursionError) as exc:  # line: the text line where parsing failed
-        return bad(getattr(exc, "lineno", None), "invalid_json", f"invalid JSON ({getattr(exc, 'msg', exc)})")
+        return bad(getattr(exc, "lineno", None), "invalid_json", f"invalid JSON ({brief(getattr(exc, 'msg', exc))})")
     for row_no, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             bad(row_no, "not_an_object", f"array element is {_json_type(row)}, not a JSON object")
@@ -307,7 +329,7 @@ def _parquet_documents(path: Path, text_field: str, bad) -> Iterator[dict]:
         parquet = pq.ParquetFile(str(path))
         schema = parquet.schema_arrow
     except (pa.ArrowException, OSError, ValueError) as exc:
-        return bad(None, "corrupt_file", f"not a readable parquet file ({str(exc)[:120]})")
+        return bad(None, "corrupt_file", f"not a readable parquet file ({brief(exc)})")
     if (problem := _column_problem(schema, text_field)) is not None:
         return bad(None, "missing_text_field", problem)
     batches = parquet.iter_batches(batch_size=BATCH, columns=[text_field])
@@ -325,14 +347,23 @@ def _hf_documents(path: Path, text_field: str, bad) -> Iterator[dict]:
         if isinstance(table, datasets.DatasetDict):
             table = table["train"] if "train" in table else table[next(iter(table))]
         schema = table.features.arrow_schema
-    except (*errors, StopIteration) as exc:
+    except IndexError:  # datasets saves a 0-row dataset with no data file, then cannot load it back
+        return bad(None, "empty_file", "the datasets folder holds no rows (it lists no data files)")
+    except (*errors, StopIteration, TypeError, AttributeError) as exc:  # Type/Attribute: metadata JSON of wrong shape
         reason = "unreadable" if isinstance(exc, PermissionError) else "corrupt_file"
-        return bad(None, reason, f"not a readable datasets folder ({str(exc)[:120]})")
+        return bad(None, reason, f"not a readable datasets folder ({brief(exc)})")
     if (problem := _column_problem(schema, text_field)) is not None:
         return bad(None, "missing_text_field", problem)
-    batches = table.select_columns([text_field]).iter(batch_size=BATCH)
-    values = (value for batch in batches for value in batch[text_field])
+    batches = table.select_columns([text_field]).with_format("arrow").iter(batch_size=BATCH)
+    values = (value for batch in batches for value in _validated(batch.column(0)).to_pylist())
     yield from _value_documents(values, errors, str(path), text_field, bad)
+
+
+def _validated(column):
+    """``column`` once arrow has checked it: a damaged file can hold string offsets past its end, and reading
+    those from the memory map is a SIGBUS that no ``except`` catches."""
+    column.validate(full=True)
+    return column
 
 
 def _column_problem(schema, text_field: str) -> str | None:
@@ -341,6 +372,8 @@ def _column_problem(schema, text_field: str) -> str | None:
 
     if text_field not in schema.names:
         return f"field {text_field!r} missing (columns: {schema.names[:MAX_KEYS]})"
+    if (copies := schema.names.count(text_field)) > 1:
+        return f"{copies} columns are named {text_field!r}: rename all but the text column"
     kind = schema.field(text_field).type
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
@@ -351,7 +384,7 @@ def _column_problem(schema, text_field: str) -> str | None:
 
 def _value_documents(values: Iterable, errors: tuple, where: str, text_field: str, bad) -> Iterator[dict]:
     def broken(exc: BaseException, rows_read: int) -> None:
-        bad(rows_read + 1, "corrupt_file", f"reading breaks here ({str(exc)[:120]}); the rows before it were kept")
+        bad(rows_read + 1, "corrupt_file", f"reading breaks here ({brief(exc)}); the rows before it were kept")
 
     for row_no, text in enumerate(_guarded(values, errors, broken), 1):
         if isinstance(text, str):

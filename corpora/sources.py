@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corpora.builtin import builtin_documents, builtin_records, builtin_tasks
-from corpora.readers import (TEXT_SUFFIXES, DataError, Problem, ProblemSink, describe, document_kind,
-                             is_hf_dataset, raise_problem, read_file_documents)
+from corpora.readers import (ICONV, TEXT_SUFFIXES, DataError, Problem, ProblemSink, brief, describe, document_kind,
+                             is_hf_dataset, lone_surrogate, raise_problem, read_file_documents)
 
 __all__ = ["BUILTIN", "DataError", "Problem", "ProblemSink", "describe", "expand", "read_documents",
            "read_file_documents", "read_records", "read_tasks", "normalise_record", "check_task_item"]
@@ -80,30 +80,59 @@ def _search(root: Path, wanted: Callable[[Path], bool]) -> list[Path]:
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, row) pairs of a JSONL/parquet file or HF dataset folder."""
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
+        with path.open("rb") as fh:  # decoded line by line, so that a bad byte is reported with its line
             for lineno, line in enumerate(fh, 1):
                 if line.strip():
                     yield lineno, _parse_json(line, path, lineno)
         return
-    import datasets  # imported lazily: it is slow to import
-
-    if path.suffix == ".parquet":
-        table = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    elif is_hf_dataset(path):
-        table = datasets.load_from_disk(str(path))
-        if isinstance(table, datasets.DatasetDict):
-            table = table["train"] if "train" in table else next(iter(table.values()))
-    else:
+    if path.suffix != ".parquet" and not is_hf_dataset(path):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .md, .jsonl or .parquet")
-    for row_no, row in enumerate(table, 1):
+    import pyarrow as pa
+
+    rows, row_no = iter(_load_table(path)), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except (pa.ArrowException, ValueError, TypeError) as exc:  # e.g. a struct with two fields of one name
+            raise DataError(f"{path}:{row_no + 1}: cannot read this row ({brief(exc)}); re-create the file") from None
+        row_no += 1
         yield row_no, row
 
 
-def _parse_json(line: str, path: Path, lineno: int) -> dict:
+def _load_table(path: Path):
+    """A parquet file or a datasets folder as a ``datasets.Dataset`` (no rows: ``[]``); DataError if unreadable."""
+    import datasets  # imported lazily: it is slow to import
+    import pyarrow as pa
+    from datasets.exceptions import DatasetsError
+
+    what = "parquet file" if path.suffix == ".parquet" else "datasets folder"
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+        if path.suffix == ".parquet":
+            return datasets.load_dataset("parquet", data_files=str(path), split="train")
+        table = datasets.load_from_disk(str(path))
+        if isinstance(table, datasets.DatasetDict):
+            table = table["train"] if "train" in table else next(iter(table.values()))
+        table.data.validate(full=True)  # damaged offsets would point past the memory map: a SIGBUS when read
+        return table
+    except IndexError:  # datasets saves a 0-row dataset with no data file, then cannot load it back
+        return []
+    # Arrow: a damaged file; Type/Attribute/KeyError: datasets' metadata JSON of the wrong shape.
+    except (pa.ArrowException, DatasetsError, OSError, ValueError, KeyError, TypeError, AttributeError,
+            StopIteration) as exc:
+        raise DataError(f"{path}: not a readable {what} ({brief(exc.__cause__ or exc)}); "
+                        f"re-create or re-download it") from None
+
+
+def _parse_json(line: bytes, path: Path, lineno: int) -> dict:
+    try:
+        row = json.loads(line.decode("utf-8-sig" if lineno == 1 else "utf-8"))  # -sig: a byte-order mark opens line 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{lineno}: line is not UTF-8 ({exc.reason} at byte {exc.start}); {ICONV}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also the int-digits limit; Recursion: deep nesting
+        raise DataError(f"{path}:{lineno}: invalid JSON ({brief(getattr(exc, 'msg', exc), 80)}); "
+                        f"each line must be one JSON object") from None
     if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
     return row
@@ -141,6 +170,8 @@ def normalise_record(row: dict, where: str) -> dict:
     if "messages" in row:
         messages = row["messages"]
     elif "instruction" in row and ("response" in row or "output" in row):
+        if not isinstance(row["instruction"], str) or not isinstance(row.get("input") or "", str):
+            raise DataError(f"{where}: fields 'instruction' and 'input' must be strings (the user message)")
         prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
         messages = [{"role": "user", "content": prompt},
                     {"role": "assistant", "content": row.get("response", row.get("output"))}]
@@ -165,8 +196,13 @@ def _check_messages(messages: object, where: str) -> None:
             raise DataError(f"{where}: messages[{i}].role must be system, user or assistant")
         if not isinstance(msg.get("content"), str):
             raise DataError(f"{where}: messages[{i}].content must be a string")
+        if (at := lone_surrogate(msg["content"])) is not None:  # the tokenizer cannot encode it
+            raise DataError(f"{where}: messages[{i}].content holds a lone surrogate ({at}), not valid Unicode; "
+                            f"fix the \\u escape")
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's response (it carries the loss)")
+    if messages[0]["role"] == "assistant":  # chat templates render no prompt from no messages
+        raise DataError(f"{where}: messages[0] is the assistant's; a reply needs a user or system message before it")
 
 
 def read_tasks(source: str) -> list[dict]:
@@ -183,15 +219,22 @@ def read_tasks(source: str) -> list[dict]:
 def check_task_item(row: dict, where: str) -> dict:
     kind = row.get("kind")
     if kind == "choice":
-        ok = isinstance(row.get("choices"), list) and isinstance(row.get("answer"), int) \
-            and 0 <= row["answer"] < len(row["choices"])
+        answer = row.get("answer")
+        ok = _texts(row.get("choices")) and isinstance(answer, int) and not isinstance(answer, bool) \
+            and 0 <= answer < len(row["choices"])
         if not ok:
-            raise DataError(f"{where}: a choice item needs 'choices' (list) and 'answer' (index into choices)")
+            raise DataError(f"{where}: a choice item needs 'choices' (list of strings) and 'answer' "
+                            f"(index into choices)")
     elif kind == "generate":
-        if not isinstance(row.get("answers"), list) or not row["answers"]:
+        if not _texts(row.get("answers")) or not row["answers"]:
             raise DataError(f"{where}: a generate item needs 'answers', a non-empty list of acceptable strings")
     else:
-        raise DataError(f"{where}: field 'kind' must be 'choice' or 'generate', got {kind!r}")
-    if not isinstance(row.get("prompt"), str):
+        raise DataError(f"{where}: field 'kind' must be 'choice' or 'generate', got {brief(repr(kind), 80)}")
+    if not _texts([row.get("prompt")]):
         raise DataError(f"{where}: field 'prompt' must be a string (the user message)")
     return row
+
+
+def _texts(value: object) -> bool:
+    """A list of strings the tokenizer can encode (JSON can escape half a surrogate pair)."""
+    return isinstance(value, list) and all(isinstance(v, str) and lone_surrogate(v) is None for v in value)

@@ -296,17 +296,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:
     key, sep, value = item.partition("=")
+    where = f"override {_shown(item)}"  # shortened: a value can be a whole YAML document
     if not sep or not key:
-        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        raise ConfigError(f"{where}: expected dotted.key=value")
     # Validate the key now so that a typo names the closest valid key.
-    _resolve_key(PipelineConfig, key.split("."), origin=f"override {item!r}")
+    _resolve_key(PipelineConfig, key.split("."), origin=where)
     node = raw
     *parents, leaf = key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section in {path}")
-    node[leaf] = _parse_yaml(value, f"override {item!r}", "values are YAML: close the brackets, or quote the "
+            raise ConfigError(f"{where}: {part} is not a section in {path}")
+    node[leaf] = _parse_yaml(value, where, "values are YAML: close the brackets, or quote the "
                              "value (key=\"'text'\") to pass it as a string") if value != "" else ""
 
 
@@ -343,7 +344,7 @@ def _resolve_key(cls: type, parts: list[str], origin: str) -> None:
 # Values in messages: YAML aliases can make one exponentially large (or recursive),
 # and repr() of an integer of more than 4300 digits raises.
 _SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 3
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 2
 
 
 def _shown(value: Any) -> str:
@@ -351,6 +352,11 @@ def _shown(value: Any) -> str:
         return _SHORT.repr(value)
     except ValueError:
         return f"a {value.bit_length()}-bit integer" if isinstance(value, int) else type(value).__name__
+
+
+def _name(key: Any) -> str:
+    """A mapping key as messages show it: a printable string as it is, anything else as a short repr."""
+    return key if isinstance(key, str) and key.isprintable() else _shown(key)
 
 
 def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
@@ -369,8 +375,7 @@ def build(cls: type, data: Any, origin: str, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            name = key if isinstance(key, str) else _shown(key)
-            raise ConfigError(_unknown_key_message(f"{prefix}{name}", [f"{prefix}{n}" for n in names], origin))
+            raise ConfigError(_unknown_key_message(f"{prefix}{_name(key)}", [f"{prefix}{n}" for n in names], origin))
         kwargs[key] = _coerce(hints[key], value, origin, f"{prefix}{key}")
     try:
         return cls(**kwargs)
@@ -383,10 +388,10 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, value, origin, prefix=f"{key}.")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ConfigError(f"{origin}: {key}: {_shown(value)} is not one of {[m.value for m in tp]}") from None
+        choices = [m.value for m in tp]
+        if value not in choices:  # not tp(value): its own error holds repr(value), unbounded for YAML aliases
+            raise ConfigError(f"{origin}: {key}: {_shown(value)} is not one of {choices}")
+        return tp(value)
     container = typing.get_origin(tp)
     if container is list:
         if not isinstance(value, list):
@@ -395,7 +400,9 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
     if container is dict:
         if not isinstance(value, dict):
             raise bad
-        return {str(k): _coerce(typing.get_args(tp)[1], v, origin, f"{key}.{k}") for k, v in value.items()}
+        if odd := [k for k in value if not isinstance(k, str)]:  # YAML 1.1 reads `yes:` as True, `1:` as 1
+            raise ConfigError(f"{origin}: {key}: keys must be strings, got {_shown(odd[0])}; quote it")
+        return {k: _coerce(typing.get_args(tp)[1], v, origin, f"{key}.{_name(k)}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
