@@ -78,6 +78,12 @@ def sample_log(stage_dir: Path, rank: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def logged_losses(run_dir: Path, checkpoint: str = "checkpoint-12") -> list[tuple[int, float]]:
+    """(step, loss) as Trainer logged them, from the CPT checkpoint's trainer_state.json."""
+    state = json.loads((Path(run_dir) / "cpt" / "checkpoints" / checkpoint / "trainer_state.json").read_text())
+    return [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+
+
 def eval_metrics(run_dir: Path, checkpoint: str) -> dict[tuple[str, str], dict]:
     result = json.loads((Path(run_dir) / checkpoint / "eval.json").read_text())
     return {(m["suite"], m["name"]): m for m in result["metrics"]}

@@ -232,3 +232,35 @@ def test_a_disk_that_fills_up_during_a_save(finished_run, tmp_path):
     assert not (cache / "models" / "tiny-llama").exists()  # only the partial folder, which is never read
     again = subprocess.run(argv, cwd=jobs.ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+CUSTOM_MODEL = '''
+from transformers import LlamaForCausalLM
+
+
+class XForCausalLM(LlamaForCausalLM):
+    ran_from_the_folder = True
+'''
+
+
+def test_trust_remote_code_true_runs_the_folders_own_code(tiny_model_dir, tmp_path, monkeypatch):
+    """The opt-in works: with model.trust_remote_code the folder's own class is loaded (and computes what the
+    plain model computes, being a plain subclass here); without it, check_model_folder refuses before anything runs."""
+    import torch
+    import transformers.dynamic_module_utils as dynamic
+
+    from stages.modeling import ModelError, check_model_folder, load_model
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # not ~/.cache/huggingface
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    _edit_json(folder / "config.json", lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"}))
+    (folder / "modeling_x.py").write_text(CUSTOM_MODEL)
+    with pytest.raises(ModelError, match="ships its own model code"):
+        check_model_folder(str(folder))
+    check_model_folder(str(folder), trust_remote_code=True)
+    custom = load_model(str(folder), trust_remote_code=True)
+    assert type(custom).__name__ == "XForCausalLM" and custom.ran_from_the_folder
+    plain = load_model(tiny_model_dir)
+    ids = torch.arange(1, 17).unsqueeze(0)
+    assert torch.equal(custom(input_ids=ids).logits, plain(input_ids=ids).logits)

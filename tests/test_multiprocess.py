@@ -113,3 +113,6 @@ def test_two_ranks_killed_while_saving_resume_to_the_uninterrupted_weights(pair,
     assert jobs.max_weight_diff(jobs.weights(two / "cpt" / "final"), jobs.weights(out / "cpt" / "final")) == 0.0
     for rank in (0, 1):
         assert jobs.sample_log(out / "cpt", rank) == jobs.sample_log(two / "cpt", rank)
+    # The losses logged after the resume point (rank 0 logs the all-reduced mean) are the uninterrupted run's.
+    after = [(step, loss) for step, loss in jobs.logged_losses(out) if step > 6]
+    assert after == [(s, v) for s, v in jobs.logged_losses(two) if s > 6] and [s for s, _ in after] == [8, 10, 12]

@@ -20,10 +20,14 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["prepare", "eval_base", "cpt", "eval_cpt", "ift", "eval_ift", "report", "export"]
 pytestmark = pytest.mark.slow
+# Credentials a cluster job typically has in its environment: none may be written into the run directory.
+SECRETS = {"WANDB_API_KEY": "cptift0canary0wandb0" + "7" * 20, "HF_TOKEN": "hf_cptiftCanaryToken0123456789abcdef",
+           "HUGGING_FACE_HUB_TOKEN": "hf_cptiftCanaryHubToken0123456789ab", "AWS_SECRET_ACCESS_KEY": "cptiftCanaryAws/K7"}
 
 
 def cptift(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    # WANDB_MODE=offline with a key set: W&B writes its offline run (config, metadata, debug logs) here.
+    env = os.environ | SECRETS | {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -122,6 +126,17 @@ def test_wandb_offline_run_per_step(tiny_run):
     # eval x3, cpt, ift, report, export
     assert len(runs) == 7, runs
     assert all(list(r.glob("*.wandb")) for r in runs)
+
+
+def test_no_credential_from_the_environment_reaches_any_file_of_the_run(tiny_run):
+    """Config, logs, reports, checkpoints (training_args included), data and the W&B offline runs."""
+    out, proc = tiny_run
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any("wandb" in p.parts and p.suffix == ".wandb" for p in files), "W&B offline runs must be scanned too"
+    assert {"config.yaml", "report.json", "report.md"} <= {p.name for p in files}
+    leaks = [(p, name) for p in files for name, secret in SECRETS.items() if secret.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert not [name for name, secret in SECRETS.items() if secret in proc.stdout + proc.stderr]
 
 
 def test_second_run_skips_every_step(tiny_run):
