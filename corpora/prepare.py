@@ -43,6 +43,9 @@ from corpora.splits import assign_split
 from corpora.steps import TEXT_SUFFIX, read_text_file
 
 SPLIT_PREFIX = "split:"
+# Eval tasks that lm-evaluation-harness loads itself at evaluation time
+# (stages/lm_eval_tasks.py): not read here, only recorded in the manifest.
+LM_EVAL_PREFIX = "lm_eval:"
 
 
 @dataclass
@@ -99,7 +102,7 @@ def _fingerprint(spec: PrepareSpec, tokenizer) -> str:
     sources = set(spec.domain_sources + spec.instruction_sources + spec.replay_sources)
     for suite in spec.eval_suites.values():
         sources |= set(suite.get("perplexity", [])) | set(suite.get("tasks", {}).values())
-    inputs = [mf.source_fingerprint(s, [] if s.startswith((BUILTIN, SPLIT_PREFIX)) else expand(s))
+    inputs = [mf.source_fingerprint(s, [] if s.startswith((BUILTIN, SPLIT_PREFIX, LM_EVAL_PREFIX)) else expand(s))
               for s in sorted(sources)]
     settings = dataclasses.asdict(spec)
     settings.pop("executor")  # how preparation runs does not change what it produces
@@ -138,12 +141,23 @@ def corpus(spec: PrepareSpec, sources: list[str], tokenizer, val: float, test: f
     return info | {"path": str(final)}
 
 
+def _save_plain_tokenizer(tokenizer, path: Path) -> None:
+    """The Rust tokenizer without padding or truncation: a batch call with ``padding=True`` leaves padding
+    switched on in ``backend_tokenizer``, and datatrove's batch encoding would then count the pads as tokens."""
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    plain.no_padding()
+    plain.no_truncation()
+    plain.save(str(path))
+
+
 def _build_corpus(spec: PrepareSpec, sources: list[str], tokenizer, settings: dict, final: Path) -> None:
     # A per-process partial folder: two runs preparing the same corpus never write into each other.
     tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))  # datatrove needs a tokenizer.json path
+    _save_plain_tokenizer(tokenizer, tmp / "tokenizer.json")  # datatrove needs a tokenizer.json path
     files = _input_files(sources, tmp / "inputs")
     counts = build_corpus(CorpusJob(files=files, **settings), tmp / "tokenizer.json", tokenizer.eos_token, tmp,
                           spec.executor)
@@ -231,6 +245,9 @@ def _write_evals(spec: PrepareSpec, splits: dict[str, list[dict]], out: Path) ->
         _write_jsonl(out / "eval" / suite / "perplexity.jsonl", docs)
         report[f"{suite}/perplexity_documents"] = len(docs)
         for name, source in conf.get("tasks", {}).items():
+            if source.startswith(LM_EVAL_PREFIX):
+                report[f"{suite}/{name}_lm_eval"] = source[len(LM_EVAL_PREFIX):]
+                continue
             items = _records_to_items(splits[source[len(SPLIT_PREFIX):]]) if source.startswith(SPLIT_PREFIX) \
                 else read_tasks(source)
             _write_jsonl(out / "eval" / suite / f"{name}.jsonl", items)

@@ -32,7 +32,8 @@ from corpora.readers import (ICONV, TEXT_SUFFIXES, DataError, Problem, ProblemSi
                              is_hf_dataset, lone_surrogate, raise_problem, read_file_documents)
 
 __all__ = ["BUILTIN", "DataError", "Problem", "ProblemSink", "describe", "expand", "read_documents",
-           "read_file_documents", "read_records", "read_tasks", "normalise_record", "check_task_item"]
+           "read_file_documents", "read_records", "read_tasks", "normalise_record", "check_task_item",
+           "CHECK_PARAMETERS"]
 
 ROW_SUFFIXES = {".jsonl", ".parquet"}
 RECORD_SUFFIXES = TEXT_SUFFIXES | ROW_SUFFIXES  # what the strict readers take from a folder, as before
@@ -206,7 +207,12 @@ def _check_messages(messages: object, where: str) -> None:
 
 
 def read_tasks(source: str) -> list[dict]:
-    """Eval items: ``{"kind": "choice", "prompt", "choices", "answer"}`` or ``{"kind": "generate", "prompt", "answers"}``."""
+    """Eval items, each ``{"id", "kind", "prompt", ...}`` by kind (docs/metrics.md):
+
+    - ``{"kind": "choice", "choices": [str], "answer": index}``
+    - ``{"kind": "generate", "answers": [str]}`` (accepted answers)
+    - ``{"kind": "instruction", "checks": [{"type": ..., **params}]}`` (``CHECK_PARAMETERS``)
+    """
     if source.startswith(BUILTIN):
         return builtin_tasks(source[len(BUILTIN):])
     items = []
@@ -216,7 +222,25 @@ def read_tasks(source: str) -> list[dict]:
     return items
 
 
+# Instruction check type -> {parameter: required?}; the checks themselves are
+# stages/checks.py (corpora never imports stages), with the same type names.
+CHECK_PARAMETERS: dict[str, dict[str, bool]] = {
+    "max_words": {"n": True},
+    "json": {"keys": False},
+    "lowercase": {},
+    "bullets": {"n": True},
+    "ends_with": {"phrase": True},
+}
+# parameter -> (what a valid value is, test)
+_PARAMETER_TYPES = {
+    "n": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "keys": ("a list of strings", lambda v: _texts(v)),
+    "phrase": ("a non-empty string", lambda v: _texts([v]) and bool(v.strip())),
+}
+
+
 def check_task_item(row: dict, where: str) -> dict:
+    """The row if it is a valid eval item; else ``DataError`` naming ``where`` (file:line) and the field."""
     kind = row.get("kind")
     if kind == "choice":
         answer = row.get("answer")
@@ -228,11 +252,36 @@ def check_task_item(row: dict, where: str) -> dict:
     elif kind == "generate":
         if not _texts(row.get("answers")) or not row["answers"]:
             raise DataError(f"{where}: a generate item needs 'answers', a non-empty list of acceptable strings")
+    elif kind == "instruction":
+        _check_checks(row.get("checks"), where)
     else:
-        raise DataError(f"{where}: field 'kind' must be 'choice' or 'generate', got {brief(repr(kind), 80)}")
+        raise DataError(f"{where}: field 'kind' must be 'choice', 'generate' or 'instruction', "
+                        f"got {brief(repr(kind), 80)}")
     if not _texts([row.get("prompt")]):
         raise DataError(f"{where}: field 'prompt' must be a string (the user message)")
     return row
+
+
+def _check_checks(checks: object, where: str) -> None:
+    """An instruction item's ``checks``: known types, each with its parameters and no others."""
+    if not isinstance(checks, list) or not checks or not all(isinstance(c, dict) for c in checks):
+        raise DataError(f"{where}: an instruction item needs 'checks', a non-empty list of "
+                        f"{{\"type\": ..., parameters}} objects")
+    for i, check in enumerate(checks):
+        kind = check.get("type")
+        if not isinstance(kind, str) or kind not in CHECK_PARAMETERS:
+            raise DataError(f"{where}: checks[{i}].type must be one of {', '.join(CHECK_PARAMETERS)}; "
+                            f"got {brief(repr(kind), 80)}")
+        params = CHECK_PARAMETERS[kind]
+        if unknown := sorted(set(check) - {"type"} - set(params)):
+            raise DataError(f"{where}: checks[{i}] ({kind}) has unknown parameter {brief(repr(unknown[0]), 80)}; "
+                            f"it takes: {', '.join(params) or 'none'}")
+        for name, required in params.items():
+            what, valid = _PARAMETER_TYPES[name]
+            if name not in check and required:
+                raise DataError(f"{where}: checks[{i}] ({kind}) needs parameter '{name}' ({what})")
+            if name in check and not valid(check[name]):
+                raise DataError(f"{where}: checks[{i}].{name} must be {what}, got {brief(repr(check[name]), 80)}")
 
 
 def _texts(value: object) -> bool:

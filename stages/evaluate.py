@@ -1,21 +1,21 @@
-"""Evaluation suites: held-out perplexity, multiple choice, generation.
+"""Evaluation suites: run the model for perplexity, multiple choice, generation.
 
     result = evaluate_checkpoint("runs/demo/cpt/final", Path("runs/demo/data"), cfg.evals, "bfloat16")
 
 Each suite (``general``, ``domain``) reads what ``corpora.prepare`` wrote under
 ``data/eval/<suite>/``: ``perplexity.jsonl`` (documents) and one JSONL per task.
-Metric definitions (the names are ``<task>/<metric>``):
-- ``perplexity``: exp of the mean next-token loss over the documents joined by
-  EOS and cut into non-overlapping windows, capped at ``max_perplexity_tokens``.
-- ``<task>/accuracy`` for choice items: the choice with the highest
-  log-likelihood per character given the chat-formatted prompt (lm-eval's
-  ``acc_norm``) is the answer.
-- ``<task>/accuracy`` for generate items: a greedy reply contains one of the
-  accepted answers as a whole word, case-insensitively; ``<task>/stopped``:
-  the reply ended with the end-of-turn token inside ``max_new_tokens`` (an
-  instruction-tuned model that stops talking has forgotten how to stop);
-  ``<task>/rouge_l``: ROUGE-L F1 against the reference reply, for items held
-  out from the instruction data.
+This module only runs the model; ``stages.metrics`` turns what it produced
+into the metrics (``perplexity``, ``bits_per_byte``, ``<task>/accuracy``, ...;
+formulas in docs/metrics.md):
+- perplexity documents are joined by EOS, capped at ``max_perplexity_tokens``
+  and cut into non-overlapping windows of ``PPL_WINDOW`` tokens; the first
+  token of each window is context only. Each window gives its NLL sum, the
+  tokens scored and the UTF-8 bytes of their text (an EOS is 0 bytes).
+- ``choice`` items: the total log-likelihood of each choice's tokens after the
+  chat-formatted prompt.
+- ``generate`` and ``instruction`` items: the greedy reply, and whether it
+  ended with the end-of-turn token inside ``max_new_tokens`` (an
+  instruction-tuned model that stops talking has forgotten how to stop).
 
 With several processes, every rank runs ``evaluate_checkpoint``: the batches a
 single process would run are dealt out whole (``distributed.shard_batches``),
@@ -23,17 +23,11 @@ per-item results are gathered, and every metric is computed from the full,
 ordered list, so N processes report the numbers one process would. With
 ``evals.parameters: zero3`` the model is partitioned over the ranks and every
 rank joins every forward pass (idle ranks repeat a batch and drop the result).
-
-Each metric in ``eval.json`` keeps its per-item ``scores`` (and the generated
-``replies``; per-window ``[NLL sum, tokens]`` for perplexity), so results can
-be read and compared item by item across checkpoints and process counts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,8 +39,9 @@ from tqdm.auto import tqdm
 
 from corpora.chat import prompt_text
 from corpora.prepare import read_jsonl
-from stages import distributed
+from stages import distributed, metrics
 from stages.config import EvalConfig, EvalParameters
+from stages.lm_eval_tasks import is_lm_eval, run_lm_eval_tasks
 from stages.modeling import load_model, load_tokenizer, partitioned_model
 
 PPL_WINDOW = 512  # tokens per perplexity window
@@ -77,32 +72,34 @@ class Evaluator:
         return torch.tensor(rows, device=distributed.device())
 
 
-def _metric(suite: str, name: str, scores: list[float], higher_is_better: bool = True) -> dict:
-    """A metric with its per-item scores (0/1 or ROUGE-L); the value is their mean."""
-    return {"suite": suite, "name": name, "value": round(sum(scores) / len(scores), 6),
-            "higher_is_better": higher_is_better, "n": len(scores), "scores": scores}
-
-
 @torch.no_grad()
-def perplexity(ev: Evaluator, docs: list[dict], max_tokens: int) -> tuple[float, list[tuple[float, int]]]:
-    """exp(mean token NLL) over EOS-joined documents, and each window's (NLL sum, tokens scored)."""
-    tokenizer = ev.tokenizer
-    stream: list[int] = []
-    for doc in docs:
-        stream += tokenizer(doc["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(stream) >= max_tokens:
-            break
-    stream = stream[:max_tokens]
-    windows = [stream[i: i + PPL_WINDOW] for i in range(0, len(stream), PPL_WINDOW)]
-    windows = [w for w in windows if len(w) > 1]
+def perplexity_windows(ev: Evaluator, docs: list[dict], max_tokens: int) -> list[tuple[float, int, int]]:
+    """(NLL sum, tokens scored, bytes of their text) of each window over the EOS-joined documents."""
+    stream, nbytes = token_stream(ev.tokenizer, docs, max_tokens)
+    starts = [i for i in range(0, len(stream), PPL_WINDOW) if len(stream) - i > 1]
+    windows = [stream[i: i + PPL_WINDOW] for i in starts]
     # Windows are all PPL_WINDOW long except possibly the last, so batches need no padding.
     full = [w for w in windows if len(w) == PPL_WINDOW]
     groups = [full[i: i + ev.batch_size] for i in range(0, len(full), ev.batch_size)]
-    groups += [[w] for w in windows if len(w) < PPL_WINDOW]
+    groups += [[w] for w in windows if len(w) < PPL_WINDOW]  # the last window: the order is kept
     rows = ev.run(groups, lambda group: _window_nll(ev, group), "perplexity")
-    # Summed per window in window order: the same total whichever rank scored which window.
-    total_nll, count = sum(nll for nll, _ in rows), sum(n for _, n in rows)
-    return (math.exp(total_nll / count) if count else float("nan")), rows
+    # The first token of a window is context only: its bytes are not scored either.
+    return [(nll, n, sum(nbytes[i + 1: i + len(w)])) for (nll, n), i, w in zip(rows, starts, windows)]
+
+
+def token_stream(tokenizer, docs: list[dict], max_tokens: int) -> tuple[list[int], list[int]]:
+    """Documents' token ids joined by EOS, capped at ``max_tokens``, and each token's UTF-8 bytes (EOS: 0)."""
+    stream: list[int] = []
+    nbytes: list[int] = []
+    fast = getattr(tokenizer, "is_fast", False)  # offsets need a fast (Rust) tokenizer
+    for doc in docs:
+        enc = tokenizer(doc["text"], add_special_tokens=False, return_offsets_mapping=fast)
+        ends = [end for _, end in enc["offset_mapping"]] if fast else None
+        stream += enc["input_ids"] + [tokenizer.eos_token_id]
+        nbytes += metrics.token_bytes(doc["text"], ends, len(enc["input_ids"])) + [0]
+        if len(stream) >= max_tokens:
+            break
+    return stream[:max_tokens], nbytes[:max_tokens]
 
 
 def _window_nll(ev: Evaluator, group: list[list[int]]) -> list[tuple[float, int]]:
@@ -119,8 +116,8 @@ def _prompt(tokenizer, item: dict) -> str:
 
 
 @torch.no_grad()
-def choice_correct(ev: Evaluator, items: list[dict]) -> list[int]:
-    """1 where the choice with the highest log-likelihood per character is the answer."""
+def choice_logliks(ev: Evaluator, items: list[dict]) -> list[list[float]]:
+    """Each choice's total log-likelihood (nats) as the reply to the chat-formatted prompt."""
     tokenizer = ev.tokenizer
     pairs = []  # (item index, choice index, prompt ids, continuation ids)
     for i, item in enumerate(items):
@@ -129,10 +126,10 @@ def choice_correct(ev: Evaluator, items: list[dict]) -> list[int]:
             pairs.append((i, j, prompt_ids, tokenizer(choice, add_special_tokens=False)["input_ids"]))
     batches = [pairs[b: b + ev.batch_size] for b in range(0, len(pairs), ev.batch_size)]
     logprobs = ev.run(batches, lambda batch: _continuation_logprobs(ev, batch), "choices")
-    scores = [[-math.inf] * len(item["choices"]) for item in items]
+    logliks = [[0.0] * len(item["choices"]) for item in items]
     for (i, j, _, _), logprob in zip(pairs, logprobs):
-        scores[i][j] = logprob / max(1, len(items[i]["choices"][j]))
-    return [int(max(range(len(s)), key=s.__getitem__) == item["answer"]) for s, item in zip(scores, items)]
+        logliks[i][j] = logprob
+    return logliks
 
 
 def _continuation_logprobs(ev: Evaluator, batch: list[tuple]) -> list[float]:
@@ -176,40 +173,19 @@ def _generate(ev: Evaluator, batch: list[dict], max_new_tokens: int) -> list[tup
     return rows
 
 
-def contains_answer(reply: str, answers: list[str]) -> bool:
-    return any(re.search(rf"(?<!\w){re.escape(a.strip())}(?!\w)", reply, re.IGNORECASE) for a in answers)
-
-
-def rouge_l(reply: str, reference: str) -> float:
-    """ROUGE-L F1 on lower-cased word tokens (longest common subsequence)."""
-    a, b = reply.lower().split(), reference.lower().split()
-    if not a or not b:
-        return 0.0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    return 0.0 if lcs == 0 else 2 * lcs / (len(a) + len(b))
-
-
 def evaluate_task(ev: Evaluator, suite: str, name: str, items: list[dict], cfg: EvalConfig) -> list[dict]:
-    choice = [it for it in items if it["kind"] == "choice"]
-    gen = [it for it in items if it["kind"] == "generate"]
-    metrics = []
+    """The task's metrics (``stages.metrics.task_metrics``) from one model pass per item kind."""
+    results: list[dict] = [{} for _ in items]
+    choice = [i for i, item in enumerate(items) if item["kind"] == "choice"]
     if choice:
-        metrics.append(_metric(suite, f"{name}/accuracy", choice_correct(ev, choice)))
-    if gen:
-        replies, stopped = generate_replies(ev, gen, cfg.max_new_tokens)
-        hits = [int(contains_answer(r, it["answers"])) for r, it in zip(replies, gen)]
-        metrics.append(_metric(suite, f"{name}/accuracy", hits) | {"replies": replies})
-        metrics.append(_metric(suite, f"{name}/stopped", [int(s) for s in stopped]))
-        if all(it.get("reference") for it in gen):
-            scores = [round(rouge_l(r, it["answers"][0]), 6) for r, it in zip(replies, gen)]
-            metrics.append(_metric(suite, f"{name}/rouge_l", scores))
-    return metrics
+        for i, logliks in zip(choice, choice_logliks(ev, [items[i] for i in choice])):
+            results[i] = {"logliks": logliks}
+    generated = [i for i, item in enumerate(items) if item["kind"] in ("generate", "instruction")]
+    if generated:
+        replies, stopped = generate_replies(ev, [items[i] for i in generated], cfg.max_new_tokens)
+        for i, reply, stop in zip(generated, replies, stopped):
+            results[i] = {"reply": reply, "stopped": stop}
+    return metrics.task_metrics(suite, name, items, results)
 
 
 @contextlib.contextmanager
@@ -225,22 +201,31 @@ def evaluator(model_path: str, cfg: EvalConfig, dtype: str, attn: str, trust: bo
     yield Evaluator(model, tokenizer, world, cfg.batch_size)
 
 
+def items_per_task(cfg: EvalConfig, suite: str) -> int | None:
+    """The suite's own ``max_items`` or else ``evals.max_items``; None for all (0 means all in both)."""
+    own = getattr(cfg, suite).max_items
+    return (own if own >= 0 else cfg.max_items) or None
+
+
 def evaluate_checkpoint(model_path: str, data_dir: Path, cfg: EvalConfig, dtype: str, attn: str = "auto",
                         trust_remote_code: bool = False) -> dict:
     """Every suite's metrics for one checkpoint; run on every rank, identical result on each."""
     start = time.time()
-    metrics = []
+    results: list[dict] = []
     with evaluator(model_path, cfg, dtype, attn, trust_remote_code) as ev:
         for suite in SUITES:
             suite_dir = data_dir / "eval" / suite
             docs = read_jsonl(suite_dir / "perplexity.jsonl") if (suite_dir / "perplexity.jsonl").exists() else []
             if docs:
-                ppl, windows = perplexity(ev, docs, getattr(cfg, suite).max_perplexity_tokens)
-                metrics.append({"suite": suite, "name": "perplexity", "value": round(ppl, 6),
-                                "higher_is_better": False, "n": sum(n for _, n in windows),
-                                "windows": [[round(nll, 6), n] for nll, n in windows]})
-            for name in getattr(cfg, suite).tasks:
+                windows = perplexity_windows(ev, docs, getattr(cfg, suite).max_perplexity_tokens)
+                results += metrics.window_metrics(suite, windows)
+            tasks, limit = getattr(cfg, suite).tasks, items_per_task(cfg, suite)
+            for name, source in tasks.items():
+                if is_lm_eval(source):
+                    continue  # lm-eval loads these itself; preparation wrote no JSONL for them
                 items = read_jsonl(suite_dir / f"{name}.jsonl")
-                metrics += evaluate_task(ev, suite, name, items[: cfg.max_items or None], cfg)
-    return {"model": str(model_path), "seconds": round(time.time() - start, 1), "metrics": metrics,
+                results += evaluate_task(ev, suite, name, items[:limit], cfg)
+            results += run_lm_eval_tasks(ev.model, ev.tokenizer, suite, tasks, ev.batch_size,
+                                         limit, ev.world, partitioned=ev.lockstep)
+    return {"model": str(model_path), "seconds": round(time.time() - start, 1), "metrics": results,
             "processes": ev.world.size, "parameters": str(cfg.parameters if ev.world.is_multi else "replicated")}

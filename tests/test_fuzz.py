@@ -28,6 +28,7 @@ from corpora.chat import IGNORE_INDEX, TemplateError, render_example
 from corpora.readers import HEAD, REASONS, DataError, Problem, describe, raise_problem, read_file_documents
 from corpora.sources import normalise_record, read_records, read_tasks
 from fuzzing import FIELDS, JSON_VALUES, RUNS, TEXTS, document_rows, ended, ended_reading, lines_of, one_line, scratch
+from stages.checks import followed
 from fuzzing import datasets_cache  # noqa: F401 (an autouse fixture: keeps the readers' caches out of ~/.cache)
 
 
@@ -244,13 +245,20 @@ RECORDS = st.fixed_dictionaries({}, optional={
     "messages": MESSAGES | JSON_VALUES, "instruction": TEXTS | JSON_VALUES, "response": TEXTS | JSON_VALUES,
     "input": TEXTS | JSON_VALUES, "output": TEXTS | JSON_VALUES, "prompt": TEXTS | JSON_VALUES,
     "completion": TEXTS | JSON_VALUES, "id": JSON_VALUES, "group": JSON_VALUES})
+CHECKS = st.fixed_dictionaries({"type": st.sampled_from(["max_words", "json", "lowercase", "bullets", "ends_with",
+                                                          "nope"]) | JSON_VALUES},
+                               optional={"n": st.integers(-1, 5) | JSON_VALUES, "phrase": TEXTS | JSON_VALUES,
+                                         "keys": st.lists(TEXTS, max_size=2) | JSON_VALUES})
 TASKS = st.fixed_dictionaries({}, optional={
-    "kind": st.sampled_from(["choice", "generate", "other"]) | JSON_VALUES, "prompt": TEXTS | JSON_VALUES,
+    "kind": st.sampled_from(["choice", "generate", "instruction", "other"]) | JSON_VALUES,
+    "prompt": TEXTS | JSON_VALUES, "checks": st.lists(CHECKS | JSON_VALUES, max_size=3) | JSON_VALUES,
     "choices": st.lists(TEXTS) | JSON_VALUES, "answer": st.integers(-2, 5) | JSON_VALUES,
     "answers": st.lists(TEXTS) | JSON_VALUES})
 GOOD_TASKS = st.builds(lambda p, cs, a: {"kind": "choice", "prompt": p, "choices": cs, "answer": a % len(cs)},
                        TEXTS, st.lists(TEXTS, min_size=1, max_size=4), st.integers(0, 9)) | st.builds(
-    lambda p, answers: {"kind": "generate", "prompt": p, "answers": answers}, TEXTS, st.lists(TEXTS, min_size=1))
+    lambda p, answers: {"kind": "generate", "prompt": p, "answers": answers}, TEXTS, st.lists(TEXTS, min_size=1)
+) | st.builds(lambda p, n: {"kind": "instruction", "prompt": p, "checks": [{"type": "max_words", "n": n}]},
+              TEXTS, st.integers(1, 50))
 CHATS = st.builds(lambda turns, last: {"messages": turns + [{"role": "assistant", "content": last}]},
                   st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
                                                   "content": TEXTS}), max_size=5), TEXTS)
@@ -315,7 +323,11 @@ def test_task_reader_returns_items_or_a_data_error(case):
             return ended("task items", exc)
     ended("task items", f"{'some' if items else 'no'} items")
     for item in items:
-        assert item["kind"] in ("choice", "generate") and isinstance(item["prompt"], str)
+        assert item["kind"] in ("choice", "generate", "instruction") and isinstance(item["prompt"], str)
+        if item["kind"] == "instruction":  # every check the reader lets through can be scored
+            assert item["checks"] and all(isinstance(followed(reply, item["checks"]), bool)
+                                          for reply in ("", "- a\n- b", '{"answer": 1}', item["prompt"]))
+            continue
         texts = item["choices"] if item["kind"] == "choice" else item["answers"]
         assert texts and all(isinstance(t, str) and _encodes(t) for t in texts + [item["prompt"]])
         assert item["kind"] == "generate" or type(item["answer"]) is int and 0 <= item["answer"] < len(texts)

@@ -137,3 +137,16 @@ def test_exact_duplicates_and_short_documents_are_dropped(tmp_path):
     kept, stats = clean_documents(docs, min_chars=10)
     assert [d["id"] for d in kept] == ["a"] and kept[0]["text"] == "Hello  world\nagain"
     assert (stats.exact_duplicates, stats.too_short, stats.documents_out) == (1, 1, 1)
+
+
+def test_a_tokenizer_left_padding_by_a_batch_call_tokenises_the_corpus_unpadded(corpus, sft, tiny_model_dir, tmp_path):
+    """A ``padding=True`` batch call (generation in an evaluation) leaves padding on in the Rust tokenizer;
+    preparation must still write every document's tokens and nothing else (it once wrote the pads)."""
+    from stages.modeling import load_tokenizer
+
+    fresh, used = load_tokenizer(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    used(["a", "a much longer text than the first"], padding=True)
+    assert used.backend_tokenizer.padding is not None  # the state that once leaked into the shards
+    tokens = [TokenShards(Path(prepare(_spec(corpus, sft), tok, tmp_path / name)["cpt"]["corpus"]) / "shards"
+                          / "train").tokens for tok, name in ((fresh, "fresh"), (used, "used"))]
+    assert tokens[0] == tokens[1] > 0
