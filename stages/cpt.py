@@ -8,7 +8,9 @@ the domain corpus (and of the replay corpus), whose location the run's
 ``[i * seq_len, (i + 1) * seq_len)``; nothing but the pages a batch touches is
 read, so memory stays flat however large the corpus. With ``cpt.packing:
 documents`` (the default) each row carries ``position_ids`` that restart at
-every document, so no document attends to the one before it.
+every document, so no document attends to the one before it. With
+``cpt.eval_steps`` set, the held-out losses of ``stages.heldout`` (domain
+validation split, general text) are scored as it trains.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from transformers import default_data_collator
 from corpora.packing import cpt_block, replay_order
 from corpora.shards import TokenShards
 from stages.config import PipelineConfig
+from stages.heldout import heldout_sets
 from stages.modeling import load_model, load_tokenizer
 from stages.tracking import TrackerCallback
 from stages.training import StageRun, train_stage
-
-# Validation loss is a health check, not a benchmark: a few blocks suffice.
-MAX_VAL_BLOCKS = 16
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -39,11 +39,9 @@ class BlockDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, shards: TokenShards, seq_len: int, mode: str, replay: TokenShards | None = None,
-                 replay_ratio: float = 0.0, seed: int = 0, limit: int = 0) -> None:
+                 replay_ratio: float = 0.0, seed: int = 0) -> None:
         self.shards, self.seq_len, self.mode, self.replay = shards, seq_len, mode, replay
         self.n_domain = shards.tokens // seq_len
-        if limit:
-            self.n_domain = min(self.n_domain, limit)
         available = replay.tokens // seq_len if replay is not None else 0
         self.replay_blocks = replay_order(self.n_domain, available, replay_ratio, seed)
 
@@ -58,14 +56,12 @@ class BlockDataset(torch.utils.data.Dataset):
         return {k: torch.from_numpy(v) for k, v in row.items()}
 
 
-def cpt_datasets(cfg: PipelineConfig, data_dir: Path) -> tuple[BlockDataset, BlockDataset]:
+def cpt_dataset(cfg: PipelineConfig, data_dir: Path) -> BlockDataset:
     info = json.loads((data_dir / "manifest.json").read_text())["cpt"]
     corpus, seq_len, mode = Path(info["corpus"]), cfg.cpt.seq_len, cfg.cpt.packing
     replay = TokenShards(Path(info["replay"]) / "shards" / "train") if info.get("replay") else None
-    train = BlockDataset(TokenShards(corpus / "shards" / "train"), seq_len, mode, replay,
-                         info.get("replay_ratio", 0.0), cfg.run.seed)
-    val = BlockDataset(TokenShards(corpus / "shards" / "val"), seq_len, mode, limit=MAX_VAL_BLOCKS)
-    return train, val
+    return BlockDataset(TokenShards(corpus / "shards" / "train"), seq_len, mode, replay,
+                        info.get("replay_ratio", 0.0), cfg.run.seed)
 
 
 def cpt_stage(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Path) -> StageRun:
@@ -73,9 +69,9 @@ def cpt_stage(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: P
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     # Train from float32 weights: DeepSpeed's bf16 mode keeps fp32 master weights.
     model = load_model(model_path, "float32", cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    train, val = cpt_datasets(cfg, data_dir)
     return StageRun(
-        name="cpt", model=model, tokenizer=tokenizer, train_dataset=train, eval_dataset=val,
+        name="cpt", model=model, tokenizer=tokenizer, train_dataset=cpt_dataset(cfg, data_dir),
+        eval_dataset=heldout_sets(cfg.cpt, data_dir, tokenizer, "cpt"),
         collator=default_data_collator, stage_dir=stage_dir, seed=cfg.run.seed,
         bf16=cfg.model.dtype == "bfloat16",
     )

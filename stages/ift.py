@@ -9,6 +9,11 @@ decreasing, each with ``position_ids`` restarting at 0 so that no example
 attends to another, and only each block's end is padded. With ``padded``
 each row is one example, padded to the longest in its batch; the loss is the
 same (tests/test_doc_packing.py), the padding is not.
+
+With ``ift.eval_steps`` set, the held-out losses of ``stages.heldout`` are
+scored as it trains: the domain validation text (preparation keeps no
+validation split of instruction data) and general text, in ``ift.seq_len``
+blocks, so the curve shows whether IFT keeps what CPT taught.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from corpora.chat import IGNORE_INDEX
 from corpora.packing import ift_block, pack_examples
 from corpora.prepare import read_jsonl
 from stages.config import PipelineConfig
+from stages.heldout import heldout_sets
 from stages.modeling import load_model, load_tokenizer
 from stages.tracking import TrackerCallback
 from stages.training import StageRun, train_stage
@@ -71,7 +77,8 @@ def run_ift(cfg: PipelineConfig, model_path: str, data_dir: Path, stage_dir: Pat
     model = load_model(model_path, "float32", cfg.model.attn_implementation, cfg.model.trust_remote_code)
     dataset, collator = ift_dataset(cfg, data_dir, tokenizer)
     run = StageRun(
-        name="ift", model=model, tokenizer=tokenizer, train_dataset=dataset, eval_dataset=None,
+        name="ift", model=model, tokenizer=tokenizer, train_dataset=dataset,
+        eval_dataset=heldout_sets(cfg.ift, data_dir, tokenizer, "ift"),
         collator=collator, stage_dir=stage_dir, seed=cfg.run.seed, bf16=cfg.model.dtype == "bfloat16",
     )
     return train_stage(cfg.ift, run, [TrackerCallback(tracker, "ift")])

@@ -13,6 +13,12 @@ Every rank runs ``train_stage``. Each optimizer step consumes
 ``micro_batch_size x grad_accum_steps x world_size`` sequences, a disjoint
 share of them on each rank; ``<stage>/samples/rank-NNNNN.jsonl`` records which
 sample ids each rank trained at each step, so data order can be audited.
+
+With ``eval_steps`` set, the Trainer also scores the held-out sets of
+``stages.heldout`` (``eval_<set>_loss``, logged as ``<stage>/val/<set>_loss``)
+at step 0, every ``eval_steps`` steps and at the last step, and rank 0 keeps
+``<stage>/val_losses.json``. Evaluation leaves every random generator as it
+found it, so the trained weights are the same with it on or off.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from stages import distributed, preemption
+from stages import distributed, heldout, preemption
 from stages.checkpoints import CompleteMarker, incomplete, newest_complete
 from stages.config import ConfigError, TrainConfig
 
@@ -47,7 +53,7 @@ class StageRun:
     model: torch.nn.Module
     tokenizer: object
     train_dataset: torch.utils.data.Dataset
-    eval_dataset: torch.utils.data.Dataset | None
+    eval_dataset: dict[str, torch.utils.data.Dataset] | None  # held-out sets (stages.heldout); None or {} = none
     collator: object
     stage_dir: Path
     seed: int
@@ -118,6 +124,10 @@ class SampleLog(TrainerCallback):
     fetches them (it may fetch ahead); each finished optimizer step takes its
     micro-batches off the front of the queue, so only trained samples are
     written. On resume, entries after the checkpoint's step are dropped.
+    Held-out batches (no sample id) are packed blocks of equal length: they go
+    to ``default_data_collator`` whatever the stage trains with, since IFT's
+    padding collator would add an attention mask that lets documents attend
+    to each other.
     """
 
     def __init__(self, collator, path: Path) -> None:
@@ -126,8 +136,9 @@ class SampleLog(TrainerCallback):
         self.micro_batches = 0
 
     def __call__(self, features: list[dict]):
-        if features and SAMPLE_ID in features[0]:  # training batches only, not evaluation ones
-            self.pending.append([f.pop(SAMPLE_ID) for f in features])
+        if not features or SAMPLE_ID not in features[0]:
+            return default_data_collator(features)
+        self.pending.append([f.pop(SAMPLE_ID) for f in features])
         return self.collator(features)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -164,13 +175,22 @@ def lr_schedule(cfg: TrainConfig) -> dict:
     return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": cfg.min_lr_ratio}}
 
 
-def training_arguments(cfg: TrainConfig, run: StageRun) -> TrainingArguments:
+def evaluation_arguments(cfg: TrainConfig, run: StageRun, fresh: bool) -> dict:
+    """Held-out evaluation every ``eval_steps`` (the Trainer adds the last step), and at step 0 unless resuming:
+    a resumed run has step 0 in its checkpoint's log history already."""
+    if not (cfg.eval_steps and run.eval_dataset):
+        return {"eval_strategy": "no"}
+    return {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "eval_on_start": fresh}
+
+
+def training_arguments(cfg: TrainConfig, run: StageRun, fresh: bool = True) -> TrainingArguments:
     on_cpu = not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(run.stage_dir / "checkpoints"),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
+        **evaluation_arguments(cfg, run, fresh),
         gradient_accumulation_steps=cfg.grad_accum_steps,
         learning_rate=cfg.learning_rate,
         **lr_schedule(cfg),
@@ -204,16 +224,26 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     # Without a KV cache transformers reads document boundaries from position_ids;
     # with one (the default, even in training) packed documents attend to each other.
     run.model.config.use_cache = False
+    resume = resume_point(run)
+    args = training_arguments(cfg, run, fresh=resume is None)
+    evaluates = args.eval_strategy != "no"
     sample_log = SampleLog(run.collator, run.stage_dir / "samples" / f"rank-{world.rank:05d}.jsonl")
     stop = preemption.StopOnSignal()
+    val_log = [heldout.ValLosses(run.stage_dir / "val_losses.json", run.name, cfg.eval_steps)] if evaluates else []
     trainer = Trainer(
-        model=run.model, args=training_arguments(cfg, run), train_dataset=IndexedDataset(run.train_dataset),
-        eval_dataset=run.eval_dataset, data_collator=sample_log, processing_class=run.tokenizer,
+        model=run.model, args=args, train_dataset=IndexedDataset(run.train_dataset),
+        eval_dataset=run.eval_dataset if evaluates else None, data_collator=sample_log,
+        processing_class=run.tokenizer,
         callbacks=[sample_log, CompleteMarker(), NonFiniteGuard(run.name, run.stage_dir / "checkpoints"), stop,
-                   *callbacks],
+                   *val_log, *callbacks],
     )
+    # Evaluation advances the global torch generator (every DataLoader iterator draws a seed from it). Each
+    # checkpoint saves that generator, and anything random in training (dropout) draws from it; the sampler
+    # has its own, seeded by data_seed. Restoring it after every evaluation keeps checkpoints, resumed runs
+    # and trained weights identical with evaluation on or off (tests/test_val_losses.py checks rng_state.pth).
+    trainer.evaluate = heldout.without_rng_use(trainer.evaluate)
     try:
-        return _train(trainer, run, stop)
+        return _train(trainer, run, stop, resume)
     finally:
         # A ZeRO-3 stage leaves a global that would make later from_pretrained
         # calls (evaluation, export on rank 0 alone) load partitioned and hang.
@@ -222,7 +252,8 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
         gc.collect()
 
 
-def _train(trainer: Trainer, run: StageRun, stop: preemption.StopOnSignal) -> dict:
+def resume_point(run: StageRun) -> str | None:
+    """The newest complete checkpoint of the stage, if any (saying which were incomplete)."""
     ckpt_dir = run.stage_dir / "checkpoints"
     resume = newest_complete(ckpt_dir)
     for broken in incomplete(ckpt_dir):
@@ -230,6 +261,10 @@ def _train(trainer: Trainer, run: StageRun, stop: preemption.StopOnSignal) -> di
                     run.name, broken)
     if resume:
         log.info("%s: resuming from %s", run.name, resume)
+    return resume
+
+
+def _train(trainer: Trainer, run: StageRun, stop: preemption.StopOnSignal, resume: str | None) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     if stop.stopped_at is not None:
         raise preemption.Preempted(
@@ -237,8 +272,10 @@ def _train(trainer: Trainer, run: StageRun, stop: preemption.StopOnSignal) -> di
             f"{stop.stopped_at}; saved {run.stage_dir / 'checkpoints' / f'checkpoint-{stop.stopped_at}'}; "
             f"run the same command again to continue from it")
     metrics = dict(result.metrics)
-    if run.eval_dataset is not None and len(run.eval_dataset):
-        metrics.update(trainer.evaluate())
+    # The Trainer scored the held-out sets at the last step (it adds that evaluation): report those.
+    points = heldout.val_points(trainer.state.log_history)
+    if points:
+        metrics |= {f"eval_{k}": v for k, v in points[-1].items() if k != "step"}
     save_final(trainer, run.stage_dir / "final")
     return metrics | {"resumed_from": resume}
 

@@ -7,6 +7,7 @@ ports and read back what the ranks wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +116,22 @@ def _descends_from(pid: int, ancestor: int) -> bool:
         except (OSError, IndexError, ValueError):
             return False
     return False
+
+
+@contextlib.contextmanager
+def rank_zero_of_one():
+    """This process as rank 0 of a world of 1, as train_stage sets it up (a gloo group on CPU)."""
+    from accelerate.state import PartialState
+
+    from stages import distributed
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(free_port())}.items():
+            mp.setenv(key, value)
+        distributed.init()
+        try:
+            yield
+        finally:
+            PartialState._reset_state()
+            distributed.shutdown()

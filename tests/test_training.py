@@ -6,24 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from stages import distributed
 from stages.config import TrainConfig
 from stages.training import StageRun, training_arguments
 from tests import jobs
 
 
 @pytest.fixture
-def one_process_group(monkeypatch):
+def one_process_group():
     """Rank 0 of 1, as train_stage sets it up: on CPU the Trainer's arguments need a gloo group."""
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(jobs.free_port())}.items():
-        monkeypatch.setenv(key, value)
-    distributed.init()
-    yield
-    from accelerate.state import PartialState
-
-    PartialState._reset_state()
-    distributed.shutdown()
+    with jobs.rank_zero_of_one():
+        yield
 
 
 def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, one_process_group):
