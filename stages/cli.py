@@ -10,13 +10,14 @@
     cptift eval configs/demo.yaml --model PATH         # evaluate any HF folder on the run's suites
     cptift report runs/demo                            # re-render report/ from the eval.json files
     cptift export configs/demo.yaml                    # export (after ift and report are done)
-    cptift compare runs/a runs/b                       # side-by-side final metrics of several runs
+    cptift compare runs/a runs/b --names a,b           # each run against its base, with intervals -> runs/compare/
     cptift launch configs/tiny.yaml --executor torchrun --nodes 1 --gpus-per-node 2   # see stages/launch.py
 
 Errors the user can fix (config, data, model path) print one line and exit 2;
 anything else prints its traceback, then one ``error:`` line, and exits 1.
 A run stopped by SIGTERM or SIGUSR1 saves a checkpoint and exits 75
-(``stages/preemption.py``); the same command continues it.
+(``stages/preemption.py``); the same command continues it. A broken ``fail``
+gate (``evals.gates``, ``stages/gates.py``) stops the run with exit 3.
 In a multi-process job the line names the rank (``error: [rank 1/2] ...``) and
 the error is recorded for torchrun's failure summary.
 """
@@ -34,7 +35,7 @@ import yaml
 
 from corpora.chat import TemplateError
 from corpora.sources import DataError
-from stages import distributed, preemption
+from stages import distributed, gates, preemption
 from stages.config import ConfigError, load_config, to_dict
 from stages.modeling import ModelError
 from stages.training import TrainingDiverged
@@ -69,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild report/forgetting.{json,md,png} from eval.json files")
     p.add_argument("run_dir")
     _config_args(sub.add_parser("export", help="export the trained model as a servable HF folder"))
-    p = sub.add_parser("compare", help="compare the forgetting reports of several runs")
+    p = sub.add_parser("compare", help="the last checkpoint of several runs, each against its base, with intervals")
     p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--names", help="comma-separated labels, one per run (default: the folders)")
+    p.add_argument("--out", default="runs/compare", help="folder for compare.md and compare.png (default runs/compare)")
     _launch_args(sub.add_parser("launch", help="run the pipeline on many processes/nodes (torchrun, Slurm, DeepSpeed)"))
     return parser
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except preemption.Preempted as exc:
         print(f"preempted: {world.label()}{exc}", file=sys.stderr, flush=True)
         return preemption.EXIT_PREEMPTED
+    except gates.GateFailed as exc:  # every completed step is kept; exit 3 tells a script "forgot too much"
+        return _fail(world, exc, str(exc), gates.EXIT_GATE)
     except USER_ERRORS as exc:
         return _fail(world, exc, str(exc), 2)
     except Exception as exc:  # a bug or an environment failure: keep the trace, end on one line
@@ -240,28 +245,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    reports = {}
-    for d in args.run_dirs:
-        path = Path(d) / "report" / "forgetting.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: finish `cptift run` for {d} first")
-        reports[d] = json.loads(path.read_text())
-    names = list(reports)
-    print("| suite | metric | " + " | ".join(f"{n} (last, Δ)" for n in names) + " |")
-    print("|---|---|" + "---|" * len(names))
-    keys = dict.fromkeys((m["suite"], m["name"]) for r in reports.values() for m in r["metrics"])
-    for suite, name in keys:
-        cells = [_last_cell(reports[n], suite, name) for n in names]
-        print(f"| {suite} | {name} | " + " | ".join(cells) + " |")
+    from stages.compare import compare_runs
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    text, paths = compare_runs([Path(d) for d in args.run_dirs], names, Path(args.out))
+    print(text + "\n".join(str(p) for p in paths.values()))
     return 0
-
-
-def _last_cell(report: dict, suite: str, name: str) -> str:
-    last = report["checkpoints"][-1]
-    for m in report["metrics"]:
-        if (m["suite"], m["name"]) == (suite, name) and m["values"].get(last) is not None:
-            return f"{m['values'][last]:.4g} ({m['delta'][last]:+.3g})"
-    return "-"
 
 
 def cmd_launch(args) -> int:

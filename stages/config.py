@@ -56,6 +56,16 @@ class DataExecutor(enum.StrEnum):
     slurm = "slurm"  # datatrove's Slurm executor: one sbatch array job per stage, on a shared file system
 
 
+class GateRule(enum.StrEnum):
+    max_drop = "max_drop"  # forgetting: no matching metric may get worse by more than `relative` of its base value
+    min_gain = "min_gain"  # learning: every matching metric must improve by at least `relative` of its base value
+
+
+class GateAction(enum.StrEnum):
+    warn = "warn"  # log and record in the report, go on
+    fail = "fail"  # stop the pipeline with exit code 3 after the evaluation that broke the rule
+
+
 class WandbMode(enum.StrEnum):
     offline = "offline"
     online = "online"
@@ -188,6 +198,8 @@ class TrainConfig:
     packing: Packing = Packing.documents  # CPT: documents | stream; IFT: documents | padded
     lr_schedule: LrSchedule = LrSchedule.cosine  # cosine (re-warm, re-decay) or wsd
     decay_fraction: float = 0.2  # wsd: share of max_steps spent decaying at the end
+    eval_steps: int = 0  # held-out domain and general loss every this many steps, at 0 and at the end (0 = off)
+    eval_tokens: int = 4096  # tokens per held-out set scored at each evaluation (whole seq_len blocks, >= 1)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.seq_len < 8 or self.micro_batch_size < 1:
@@ -203,6 +215,11 @@ class TrainConfig:
                               f"({self.logging_steps}): the NaN guard checks each logged loss before a save")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.eval_steps < 0:
+            raise ConfigError(f"eval_steps must be 0 (off) or a number of steps, got {self.eval_steps}")
+        if self.eval_tokens < 1:
+            raise ConfigError(f"eval_tokens must be positive (it is rounded up to one seq_len block), "
+                              f"got {self.eval_tokens}")
         if self.lr_schedule == LrSchedule.wsd and self.warmup_steps + self.decay_fraction * self.max_steps > \
                 self.max_steps:
             raise ConfigError("wsd: warmup_steps + decay_fraction * max_steps must not exceed max_steps")
@@ -211,8 +228,28 @@ class TrainConfig:
 @dataclass
 class SuiteConfig:
     perplexity: list[str] = field(default_factory=list)  # text sources; "split:domain/test" = held-out docs
-    tasks: dict[str, str] = field(default_factory=dict)  # metric prefix -> task JSONL or builtin:<name>
+    tasks: dict[str, str] = field(default_factory=dict)  # metric prefix -> task JSONL, builtin:<name>, lm_eval:<task|yaml>
     max_perplexity_tokens: int = 8192  # cap on scored tokens per perplexity source
+    max_items: int = -1  # items per task in this suite (0 = all); -1 = evals.max_items
+
+
+@dataclass
+class GateConfig:
+    after: str = "cpt"  # checkpoint whose evaluation the rule is checked after: cpt | ift
+    suite: str = "general"  # general | domain
+    metric: str = "*"  # metric names to match, a shell pattern ("facts/*", "perplexity")
+    rule: GateRule = GateRule.max_drop
+    relative: float = 0.10  # the threshold, as a share of the base value (0.10 = 10%)
+    significant: bool = True  # count only changes whose paired 95% interval excludes zero
+    action: GateAction = GateAction.fail
+
+    def __post_init__(self) -> None:
+        if self.after not in ("cpt", "ift"):
+            raise ConfigError(f"evals.gates: after must be cpt or ift, got {self.after!r}")
+        if not 0 <= self.relative < 1e6:
+            raise ConfigError(f"evals.gates: relative must be a share >= 0 (0.10 = 10%), got {self.relative}")
+        if not self.metric:
+            raise ConfigError("evals.gates: metric is empty; use a name or a pattern such as \"*\"")
 
 
 @dataclass
@@ -223,6 +260,7 @@ class EvalConfig:
     max_new_tokens: int = 48  # generation budget per answer
     max_items: int = 0  # evaluate at most this many items per task (0 = all)
     parameters: EvalParameters = EvalParameters.replicated  # how ranks hold the model while evaluating
+    gates: list[GateConfig] = field(default_factory=list)  # rules checked after each evaluation (stages/gates.py)
 
 
 @dataclass

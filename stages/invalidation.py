@@ -24,7 +24,9 @@ from stages.config import PipelineConfig, to_dict
 # What decides the domain corpus and its splits (the CPT data and the held-out documents).
 CORPUS_KEYS = ("model.path", "run.seed", "data.domain", "data.cleaning", "data.max_bad_fraction", "data.engine.tasks")
 # What an evaluation reads besides its checkpoint: the suites and the held-out splits they draw from.
-EVAL_KEYS = ("model.dtype", "model.attn_implementation", "evals", "data.instructions") + CORPUS_KEYS
+# Not evals.gates: a rule only judges results, so relaxing one redoes no evaluation (the report reruns).
+EVAL_KEYS = ("model.dtype", "model.attn_implementation", "evals.general", "evals.domain", "evals.batch_size",
+             "evals.max_new_tokens", "evals.max_items", "evals.parameters", "data.instructions") + CORPUS_KEYS
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # step -> (config keys, upstream steps)
     "prepare": (CORPUS_KEYS + ("data.instructions", "data.replay", "cpt.seq_len", "ift.seq_len"), ()),
     "eval_base": (EVAL_KEYS, ()),
@@ -32,7 +34,7 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # step -> (conf
     "eval_cpt": (EVAL_KEYS, ("cpt",)),
     "ift": (("model.dtype", "model.attn_implementation", "run.seed", "data.instructions", "ift"), ("cpt",)),
     "eval_ift": (EVAL_KEYS, ("ift",)),
-    "report": ((), ("eval_base", "eval_cpt", "eval_ift")),
+    "report": (("evals.gates",), ("eval_base", "eval_cpt", "eval_ift")),
     "export": (("export",), ("report", "cpt", "ift")),
 }
 

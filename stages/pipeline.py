@@ -36,7 +36,7 @@ from corpora import report as data_report
 from corpora.engine import Executor
 from corpora.manifest import write_json_atomic
 from corpora.prepare import PrepareSpec, prepare
-from stages import distributed, export, forgetting, invalidation, preemption
+from stages import distributed, export, forgetting, gates, invalidation, preemption
 from stages.config import ConfigError, PipelineConfig, save_config, to_dict
 from stages.cpt import run_cpt
 from stages.evaluate import evaluate_checkpoint
@@ -148,7 +148,7 @@ def step_export(run: Run) -> dict:
     src = run.final(run.cfg.export.from_stage)
     report = json.loads((run.dir / "report" / "forgetting.json").read_text())
     with start_run(run.cfg, job_type="export"):
-        out = export.export_model(src, run.dir / "export", report, run.cfg)
+        out = export.export_model(src, run.dir / "export", report, run.cfg, run.dir / "report")
     return out
 
 
@@ -209,6 +209,8 @@ def run_pipeline(cfg: PipelineConfig, steps: tuple[str, ...] = STEPS) -> dict[st
     done = {}
     for step in steps:
         done[step] = run_step(run, step)
+        if step in ("eval_cpt", "eval_ift"):
+            check_gates(run, step.removeprefix("eval_"))
     if run.world.is_writer:
         _write_lineage(run)
     return done
@@ -240,6 +242,29 @@ def run_step(run: Run, step: str) -> dict:
         write_json_atomic(marker, info)
     _say(world, f"[done] {step} in {info['seconds']:.1f} s")
     return info
+
+
+def check_gates(run: Run, stage: str) -> None:
+    """The rules of ``evals.gates`` for ``stage``, checked against base; a broken ``fail`` rule stops every rank.
+
+    Checked on every run, also when the evaluation was skipped, so a relaxed rule lets the next run go on.
+    """
+    if not any(g.after == stage for g in run.cfg.evals.gates):
+        if run.world.is_writer:
+            (run.dir / stage / "gates.json").unlink(missing_ok=True)  # results of rules since removed
+        return
+    message = None
+    if run.world.is_writer:
+        report = forgetting.build_report(forgetting.load_evals(run.dir, ["base", stage]))
+        results = gates.check(report, run.cfg.evals.gates, stage)
+        write_json_atomic(run.dir / stage / "gates.json", results)
+        for r in results:
+            (log.warning if not r["passed"] else log.info)("gate %s: %s: %s", "passed" if r["passed"] else
+                                                           "BROKEN", r["rule"], r["detail"])
+        message = gates.failure(results)
+    message = run.world.broadcast(message)
+    if message:
+        raise gates.GateFailed(message)
 
 
 def _checkpoints_for(folder: Path, digest: str) -> None:

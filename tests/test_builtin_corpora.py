@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -213,9 +214,9 @@ def test_licenses_fallback_and_missing(monkeypatch, tmp_path):
 
 def test_builtin_names():
     assert BUILTIN_NAMES == {
-        "documents": ("stdlib-docs", "licenses"),
+        "documents": ("stdlib-docs", "licenses", "fortunes"),
         "records": ("stdlib-qa",),
-        "tasks": ("general-facts", "arithmetic"),
+        "tasks": ("general-facts", "arithmetic", "instruction-following"),
     }
 
 
@@ -228,3 +229,25 @@ def test_unknown_name_lists_valid_ones(kind, loader):
     message = str(error.value)
     assert "no-such-data" in message
     assert all(name in message for name in BUILTIN_NAMES[kind])
+
+
+def test_fortunes_are_general_text_disjoint_from_the_general_suite(tmp_path):
+    """The replay corpus: grouped quotations, none from the computer themes; a clear error without the package."""
+    from corpora.builtin.fortunes import COOKIES_PER_DOCUMENT, THEMES, fortune_documents
+
+    assert not {"computers", "linux", "debian"} & set(THEMES)
+    (tmp_path / "art").write_text("First.\n%\nSecond,\ntwo lines.\n%\n" + "x\n%\n" * (COOKIES_PER_DOCUMENT + 3))
+    for theme in THEMES[1:]:
+        (tmp_path / theme).write_text("One.\n")
+    docs = fortune_documents(tmp_path)
+    assert docs[0] == {"id": "fortunes/art/000", "text": "First.\n\nSecond,\ntwo lines.\n\n" + "\n\n".join(
+        ["x"] * (COOKIES_PER_DOCUMENT - 2))}
+    assert docs[1] == {"id": "fortunes/art/001", "text": "\n\n".join(["x"] * 5)}
+    assert len(docs) == 2 + len(THEMES) - 1
+    (tmp_path / "wisdom").unlink()
+    with pytest.raises(FileNotFoundError, match="apt-get install fortunes"):
+        fortune_documents(tmp_path)
+    general = builtin_documents("licenses")
+    if Path("/usr/share/games/fortunes/art").is_file():  # installed: no licence text is replayed
+        texts = {d["text"] for d in general}
+        assert not any(d["text"] in texts for d in builtin_documents("fortunes"))

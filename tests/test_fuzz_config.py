@@ -37,7 +37,10 @@ TYPED = {int: st.integers(-2, 300) | st.integers(), float: st.floats(-0.5, 1.5) 
 def _typed_value(key: str) -> st.SearchStrategy:
     """A value of the key's type (often breaking a cross-field rule), or of any type."""
     tp = SCHEMA[key]
-    typed = st.sampled_from([m.value for m in tp]) if isinstance(tp, type) and issubclass(tp, enum.Enum) else TYPED[tp]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        typed = st.sampled_from([m.value for m in tp])
+    else:  # lists of sections (evals.gates) get JSON values of any shape
+        typed = TYPED.get(tp, JSON_VALUES)
     return typed | JSON_VALUES if typed is not TEXTS else typed
 
 

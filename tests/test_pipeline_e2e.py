@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,32 @@ def test_wandb_offline_run_per_step(tiny_run):
     assert all(list(r.glob("*.wandb")) for r in runs)
 
 
+def _wandb_items(run_dir: Path, key: str) -> list[float]:
+    """The values logged under ``key`` in one offline run's ``.wandb`` file.
+
+    The file is W&B's log of protobuf records, and wandb 0.31 ships no Python reader for it: the
+    history items are found by their framing (HistoryItem: field 2 the key, field 16 its JSON value).
+    """
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    name = key.encode()
+    pattern = re.escape(bytes([0x12, len(name)]) + name + b"\x82\x01") + rb"(.)"
+    return [float(data[m.end(): m.end() + m.group(1)[0]]) for m in re.finditer(pattern, data, re.DOTALL)]
+
+
+def test_held_out_losses_reach_wandb_and_the_report_as_curves(tiny_run):
+    out, _ = tiny_run
+    report = json.loads((out / "report" / "forgetting.json").read_text())
+    assert (out / "report" / "training_curves.png").stat().st_size > 10_000
+    assert "## Held-out loss during training" in (out / "report" / "forgetting.md").read_text()
+    for stage in ("cpt", "ift"):
+        points = json.loads((out / stage / "val_losses.json").read_text())["points"]
+        assert report["training_curves"][stage]["points"] == points and [p["step"] for p in points][0] == 0
+        for name in ("domain", "general"):
+            logged = {v for r in (out / "wandb" / "wandb").glob("offline-run-*")
+                      for v in _wandb_items(r, f"{stage}/val/{name}_loss")}
+            assert {p[f"{name}_loss"] for p in points} <= logged, (stage, name)
+
+
 def test_no_credential_from_the_environment_reaches_any_file_of_the_run(tiny_run):
     """Config, logs, reports, checkpoints (training_args included), data and the W&B offline runs."""
     out, proc = tiny_run
@@ -205,5 +232,5 @@ def test_plan_eval_report_and_compare_commands_on_a_finished_run(tiny_run, tmp_p
     before = (out / "report" / "forgetting.json").read_text()
     assert cptift("report", str(out)).returncode == 0
     assert (out / "report" / "forgetting.json").read_text() == before
-    cmp = cptift("compare", str(out), str(out))
+    cmp = cptift("compare", str(out), str(out), "--out", str(tmp_path / "compare"))
     assert cmp.returncode == 0 and "| domain | perplexity |" in cmp.stdout

@@ -4,6 +4,7 @@
     docs = builtin_documents("stdlib-docs")     # [{"id": "json", "text": ...}, ...]
     qa = builtin_records("stdlib-qa")           # chat records with a 4-way choice
     facts = builtin_tasks("general-facts")      # [{"id", "kind", "prompt", "answers"}, ...]
+    ifeval = builtin_tasks("instruction-following")  # [{"id", "kind": "instruction", "prompt", "checks"}, ...]
 
 Everything is built offline from the installed Python and packages, on every
 call (no cache: callers own and may mutate what they get). Provenance, sizes
@@ -31,6 +32,12 @@ def _licenses() -> list[dict]:
     return license_documents()
 
 
+def _fortunes() -> list[dict]:
+    from corpora.builtin.fortunes import fortune_documents
+
+    return fortune_documents()
+
+
 def _stdlib_qa() -> list[dict]:
     from corpora.builtin.stdlib_qa import stdlib_qa_records
 
@@ -49,11 +56,18 @@ def _arithmetic() -> list[dict]:
     return arithmetic_items()
 
 
+def _instruction_following() -> list[dict]:
+    from corpora.builtin.instructions import instruction_items
+
+    return instruction_items()
+
+
 # kind -> name -> builder; one explicit table instead of string dotpaths.
 _BUILDERS: dict[str, dict[str, Callable[[], list[dict]]]] = {
-    "documents": {"stdlib-docs": _stdlib_docs, "licenses": _licenses},
+    "documents": {"stdlib-docs": _stdlib_docs, "licenses": _licenses, "fortunes": _fortunes},
     "records": {"stdlib-qa": _stdlib_qa},
-    "tasks": {"general-facts": _general_facts, "arithmetic": _arithmetic},
+    "tasks": {"general-facts": _general_facts, "arithmetic": _arithmetic,
+              "instruction-following": _instruction_following},
 }
 
 BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
@@ -80,5 +94,5 @@ def builtin_records(name: str) -> list[dict]:
 
 
 def builtin_tasks(name: str) -> list[dict]:
-    """Evaluation items ``[{"id", "kind", "prompt", "answers"}, ...]``."""
+    """Evaluation items ``[{"id", "kind", "prompt", ...}, ...]`` (formats: ``corpora.sources.read_tasks``)."""
     return _build("tasks", name)
