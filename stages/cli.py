@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the last checkpoint of several runs, each against its base, with intervals")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--names", help="comma-separated labels, one per run (default: the folders)")
+    p.add_argument("--checkpoint", choices=["cpt", "ift"], help="the checkpoint to compare (default: the last)")
     p.add_argument("--out", default="runs/compare", help="folder for compare.md and compare.png (default runs/compare)")
     _launch_args(sub.add_parser("launch", help="run the pipeline on many processes/nodes (torchrun, Slurm, DeepSpeed)"))
     return parser
@@ -248,7 +249,7 @@ def cmd_compare(args) -> int:
     from stages.compare import compare_runs
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    text, paths = compare_runs([Path(d) for d in args.run_dirs], names, Path(args.out))
+    text, paths = compare_runs([Path(d) for d in args.run_dirs], names, Path(args.out), args.checkpoint)
     print(text + "\n".join(str(p) for p in paths.values()))
     return 0
 

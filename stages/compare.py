@@ -1,7 +1,7 @@
-"""Side by side: the last checkpoint of several runs, each against its own base.
+"""Side by side: one checkpoint (the last by default) of several runs, each against its own base.
 
-    cptift compare runs/a runs/b                          # prints the table, writes compare/compare.{md,png}
-    cptift compare runs/a runs/b --names lr1e-5,lr3e-5 --out runs/compare-lr
+    cptift compare runs/a runs/b                          # prints the table, writes runs/compare/compare.{md,png}
+    cptift compare runs/a runs/b --names lr1e-5,lr3e-5 --checkpoint cpt --out runs/compare-lr
 
     from stages.compare import compare_runs
     text, paths = compare_runs([Path("runs/a"), Path("runs/b")], names=["a", "b"], out_dir=Path("cmp"))
@@ -9,10 +9,15 @@
 Each run's ``report/forgetting.json`` (``stages/forgetting.py``) already holds,
 per metric, the last checkpoint's value, its delta against that run's base,
 the paired bootstrap interval of that delta and its verdict; this module only
-lines them up per ``(suite, metric)``. It computes nothing new: in particular
-it does not test one run against another, even when two runs share the same
-base model and evaluation items. Read two runs' delta intervals side by side,
-not as a test of their difference.
+lines them up per ``(suite, metric)``.
+
+When the runs evaluated the same items (their base evaluations hold the same
+per-item scores: same base model, same suites), each later run is also
+compared with the first one directly, run minus first, with the same paired
+bootstrap over those shared items (``stages.intervals``) and a verdict: that
+is the test of one recipe against another. It still covers the sampling
+noise of the items only, not the seed-to-seed variance of training: one
+training run per recipe cannot show that.
 """
 
 from __future__ import annotations
@@ -40,9 +45,9 @@ def load_reports(run_dirs: list[Path], names: list[str] | None = None) -> dict[s
     return reports
 
 
-def last_cell(report: dict, suite: str, name: str) -> dict | None:
-    """The last checkpoint's value, Δ, Δ interval and verdict for one metric (None when absent)."""
-    last = report["checkpoints"][-1]
+def last_cell(report: dict, suite: str, name: str, checkpoint: str | None = None) -> dict | None:
+    """The checkpoint's (default: the last) value, Δ, Δ interval and verdict for one metric (None when absent)."""
+    last = checkpoint or report["checkpoints"][-1]
     for m in report["metrics"]:
         if (m["suite"], m["name"]) == (suite, name) and m["values"].get(last) is not None:
             return {"checkpoint": last, "base": baseline_of(report), "value": m["values"][last],
@@ -52,7 +57,7 @@ def last_cell(report: dict, suite: str, name: str) -> dict | None:
     return None
 
 
-def compare_rows(reports: dict[str, dict]) -> list[dict]:
+def compare_rows(reports: dict[str, dict], checkpoint: str | None = None) -> list[dict]:
     """Per (suite, metric) in order of first appearance: ``{suite, name, higher_is_better, runs}``."""
     rows = {}
     for report in reports.values():
@@ -60,8 +65,48 @@ def compare_rows(reports: dict[str, dict]) -> list[dict]:
             rows.setdefault((m["suite"], m["name"]), {"suite": m["suite"], "name": m["name"],
                                                       "higher_is_better": m["higher_is_better"]})
     for (suite, name), row in rows.items():
-        row["runs"] = {n: last_cell(r, suite, name) for n, r in reports.items()}
+        row["runs"] = {n: last_cell(r, suite, name, checkpoint) for n, r in reports.items()}
     return list(rows.values())
+
+
+# One run against another: "forgot" would say the first run is where the second came from.
+RUN_VERDICTS = {"forgot": "worse", "improved": "better", "no significant change": "no significant difference",
+                "no interval": "no interval"}
+
+
+def against_first(run_dirs: dict[str, Path], checkpoint: str, rows: list[dict]) -> bool:
+    """Add ``row["vs_first"] = {run: {delta, delta_interval, verdict}}`` where the runs share their items.
+
+    Returns False (nothing added) when the base evaluations differ: then the runs were not scored on the
+    same items, and only their deltas against their own bases can be read side by side.
+    """
+    from stages.intervals import metric_intervals
+
+    def metrics(run: Path, ckpt: str) -> dict:
+        result = json.loads((run / ckpt / "eval.json").read_text(encoding="utf-8"))
+        return {(m["suite"], m["name"]): m for m in result["metrics"]}
+
+    bases = [{k: _units(m) for k, m in metrics(d, "base").items() if _units(m)} for d in run_dirs.values()]
+    shared = set(bases[0]).intersection(*bases[1:])  # metrics with per-item data in every run
+    if len(run_dirs) < 2 or not shared or any(b[k] != bases[0][k] for b in bases[1:] for k in shared):
+        return False
+    evals = {n: metrics(d, checkpoint) for n, d in run_dirs.items()}
+    first = next(iter(evals))
+    for row in rows:
+        key = (row["suite"], row["name"])
+        found = {n: e[key] for n, e in evals.items() if key in e}
+        if first not in found:
+            continue
+        est = metric_intervals(found, first, row["higher_is_better"])
+        row["vs_first"] = {n: {"delta": round(found[n]["value"] - found[first]["value"], 6),
+                               "delta_interval": est.delta_interval.get(n),
+                               "verdict": RUN_VERDICTS[est.verdict.get(n, "no interval")]}
+                           for n in found if n != first}
+    return True
+
+
+def _units(metric: dict):
+    return metric.get("scores") or metric.get("windows")
 
 
 def _cell_text(cell: dict | None, name: str) -> str:
@@ -74,29 +119,49 @@ def _cell_text(cell: dict | None, name: str) -> str:
     return f"{fmt(cell['value'], name)} (Δ {delta}, {cell['verdict']})"
 
 
-def render_compare(reports: dict[str, dict], rows: list[dict]) -> str:
-    """One Markdown table: suite, metric, then per run ``value (Δ Δ-interval, verdict)``."""
-    names = list(reports)
-    header = ["suite", "metric"] + [f"{n} (last, Δ [95%], verdict)" for n in names]
+def render_compare(reports: dict[str, dict], rows: list[dict], checkpoint: str | None = None) -> str:
+    """One Markdown table: suite, metric, per run ``value (Δ Δ-interval, verdict)``, then run − first."""
+    names, first = list(reports), next(iter(reports))
+    paired = any("vs_first" in row for row in rows)
+    header = ["suite", "metric"] + [f"{n} (Δ vs its base [95%], verdict)" for n in names]
+    header += [f"{n} − {first} [95%], verdict" for n in names[1:]] if paired else []
     lines = [_md_row(header), _md_row(["---"] * len(header))]
     for row in rows:
-        lines.append(_md_row([row["suite"], row["name"]]
-                             + [_cell_text(row["runs"][n], row["name"]) for n in names]))
-    runs = [f"- {n}: `{r['checkpoints'][-1]}` against `{baseline_of(r)}`" for n, r in reports.items()]
+        cells = [_cell_text(row["runs"][n], row["name"]) for n in names]
+        if paired:
+            cells += [_vs_text(row.get("vs_first", {}).get(n), row["name"]) for n in names[1:]]
+        lines.append(_md_row([row["suite"], row["name"], *cells]))
+    runs = [f"- {n}: `{checkpoint or r['checkpoints'][-1]}` against `{baseline_of(r)}`" for n, r in reports.items()]
+    how = (f"The last columns test each run against {first} directly: both were scored on the same items, "
+           "so the difference is resampled over those items jointly (paired bootstrap)." if paired else
+           "The runs were not scored on the same items, so they are not tested against each other.")
     return "\n".join(["# Comparison of runs", "", *runs, "",
-                      "Each Δ is against that run's own base; intervals and verdicts come from "
-                      "each run's report (paired bootstrap over its items). Runs are not tested "
-                      "against each other.", "", *lines, ""])
+                      "Each Δ is against that run's own base, with its report's paired interval and verdict. "
+                      + how + " Intervals cover the items' sampling noise, not the variance between training "
+                      "runs with other seeds.", "", *lines, ""])
 
 
-def compare_runs(run_dirs: list[Path], names: list[str] | None = None,
-                 out_dir: Path = Path("compare")) -> tuple[str, dict[str, Path]]:
+def _vs_text(cell: dict | None, name: str) -> str:
+    if cell is None:
+        return "-"
+    interval = fmt_interval(cell["delta_interval"], name, signed=True)
+    return f"{fmt(cell['delta'], name, signed=True)}{f' {interval}' if interval else ''}, {cell['verdict']}"
+
+
+def compare_runs(run_dirs: list[Path], names: list[str] | None = None, out_dir: Path = Path("compare"),
+                 checkpoint: str | None = None) -> tuple[str, dict[str, Path]]:
     """Read the reports, write ``compare.md`` and ``compare.png`` into ``out_dir``; returns the text."""
     from stages import report_plots
 
     reports = load_reports(run_dirs, names)
-    rows = compare_rows(reports)
-    text = render_compare(reports, rows)
+    missing = [n for n, r in reports.items() if checkpoint and checkpoint not in r["checkpoints"]]
+    if missing:
+        raise ConfigError(f"--checkpoint {checkpoint}: run {missing[0]} has no such checkpoint")
+    rows = compare_rows(reports, checkpoint)
+    shown = {checkpoint or r["checkpoints"][-1] for r in reports.values()}
+    if len(shown) == 1:  # one checkpoint of every run: the runs can be tested against each other
+        against_first(dict(zip(reports, map(Path, run_dirs))), shown.pop(), rows)
+    text = render_compare(reports, rows, checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "compare.md", "png": out_dir / "compare.png"}

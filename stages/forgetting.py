@@ -290,6 +290,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private: reports are read by others on a shared file system
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

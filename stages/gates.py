@@ -20,8 +20,8 @@ rising perplexity is worse). The change is relative to the base value:
   significant (verdict other than ``improved``).
 
 A metric without an interval (no per-item data) is judged on the size of the
-change alone; a missing value, or a rule that matches no metric (a typo), breaks
-the rule. ``fail`` stops the pipeline with exit code 3 (``EXIT_GATE``) right
+change alone; from a base of 0 any change counts as infinitely large. A
+missing value, or a rule that matches no metric (a typo), breaks the rule. ``fail`` stops the pipeline with exit code 3 (``EXIT_GATE``) right
 after the evaluation, every completed step kept: relax or remove the rule and
 run the same command again, and the pipeline goes on from there (gates are not
 inputs of any evaluation, so nothing is redone). ``warn`` logs and goes on.
@@ -31,6 +31,7 @@ Every result is recorded in the report's ``gates``.
 from __future__ import annotations
 
 import fnmatch
+import math
 
 from stages.config import GateAction, GateConfig, GateRule
 
@@ -87,11 +88,12 @@ def _check_one(report: dict, index: int, gate: GateConfig) -> dict:
 def _violation(m: dict, gate: GateConfig) -> dict | None:
     """The facts of one metric that breaks the rule, or None."""
     ckpt, base = gate.after, _baseline_value(m)
-    value, rel = m["values"].get(ckpt), m.get("relative_delta", {}).get(ckpt)
+    value = m["values"].get(ckpt)
+    rel = _relative(value, base)
     facts = {"metric": f"{m['suite']}/{m['name']}", "base": base, "value": value, "relative_delta": rel,
              "delta_interval": m.get("delta_interval", {}).get(ckpt), "verdict": m.get("verdict", {}).get(ckpt)}
-    if value is None or base is None or rel is None:
-        return facts | {"why": "not measured (or base is 0)"}
+    if rel is None:
+        return facts | {"why": "not measured"}
     worse_by = -rel if m["higher_is_better"] else rel  # > 0: got worse by this share of base
     judged = gate.significant and facts["delta_interval"] is not None
     if gate.rule == GateRule.max_drop:
@@ -101,6 +103,15 @@ def _violation(m: dict, gate: GateConfig) -> dict | None:
         broken = -worse_by < gate.relative or (judged and facts["verdict"] != "improved")
         why = f"better by {-worse_by:.1%} of base, at least {gate.relative:.0%} wanted"
     return facts | {"why": why} if broken else None
+
+
+def _relative(value: float | None, base: float | None) -> float | None:
+    """(value - base) / |base|; from a base of 0, no change is 0 and any change is infinitely large."""
+    if value is None or base is None:
+        return None
+    if base == 0:
+        return 0.0 if value == 0 else math.copysign(math.inf, value)
+    return (value - base) / abs(base)
 
 
 def _baseline_value(m: dict) -> float | None:

@@ -156,7 +156,7 @@ def plot_training_curves(curves: dict[str, dict], path: Path) -> None:
 
 
 def compare_figure(rows: list[dict], names: list[str]):
-    """One panel per metric, one bar per run: the last checkpoint's Δ against its run's base."""
+    """One panel per metric, one bar per run: the compared checkpoint's Δ against its run's base."""
     plt = _pyplot()
     fig, axes = _grid(plt, len(rows), width=max(3.8, 0.9 * len(names) + 1.5))
     for ax, row in zip(axes, rows):
@@ -175,7 +175,8 @@ def compare_figure(rows: list[dict], names: list[str]):
         ax.set_ylabel("Δ against the run's base", fontsize=8)
     shown = {(row["runs"].get(n) or {}).get("verdict", "no interval") for row in rows for n in names}
     _legend(fig, {v: v for v in COLOURS if v in shown}, "error bars: paired 95% interval of Δ")
-    fig.suptitle("Last checkpoint against each run's base", fontweight="bold")
+    shown = sorted({c["checkpoint"] for row in rows for c in row["runs"].values() if c})
+    fig.suptitle(f"{'/'.join(shown) or 'Last checkpoint'} against each run's base", fontweight="bold")
     return fig
 
 

@@ -56,6 +56,11 @@ def test_direction_follows_higher_is_better():
 def test_a_rule_matching_nothing_or_a_missing_value_breaks():
     [typo] = gates.check(REPORT, [_gate(metric="factz/*")], "cpt")
     assert not typo["passed"] and "general/factz/* matches no metric" in typo["detail"]
+    zero = {"checkpoints": ["base", "cpt"], "metrics": [_row("facts/exact_match", 0.0, 0.0, interval=[0, 0],
+                                                             verdict="no significant change")]}
+    assert gates.check(zero, [_gate(metric="*", significant=False)], "cpt")[0]["passed"]  # 0 -> 0: no change
+    gained = {"checkpoints": ["base", "cpt"], "metrics": [_row("facts/exact_match", 0.0, 0.1)]}
+    assert gates.check(gained, [_gate(rule="min_gain", relative=5.0, significant=False)], "cpt")[0]["passed"]
     missing = {"checkpoints": ["base", "cpt"], "metrics": [_row("perplexity", 20.0, 0.0, hib=False)]}
     missing["metrics"][0]["values"]["cpt"] = None
     missing["metrics"][0]["relative_delta"]["cpt"] = None
