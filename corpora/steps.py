@@ -24,7 +24,9 @@ reads them from there). ``corpora.engine`` assembles them into stages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -35,6 +37,7 @@ from pathlib import Path
 import datatrove.executor
 import fsspec.compression
 import datatrove.executor.base
+import datatrove.utils._import_utils
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -68,28 +71,42 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 def _quiet_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
-    """datatrove's task logger, with stderr at WARNING (it prints every task at INFO); the log files keep all.
+    """datatrove's task log file, with stderr kept at WARNING (it prints every task at INFO).
 
-    Installed when this module is imported, which every datatrove worker does
-    to unpickle our steps, so spawned and Slurm workers are quiet too.
+    One file sink per task, and the process's one stderr sink left in place: datatrove's own
+    version removes and re-adds every sink per task, and each ``logger.add`` costs loguru ~6 ms of
+    ``sysconfig`` look-ups (0.6 s of a 6 s preparation of 16 tasks). Installed when this module is
+    imported, which every datatrove worker does to unpickle our steps, so spawned and Slurm
+    workers are quiet too.
     """
-    logfile = _task_logger(logging_dir, rank, local_rank, node_rank)
-    logger.remove()
-    logger.add(sys.stderr, level=os.environ.get("CPTIFT_DATATROVE_LOG", "WARNING"))
-    logger.add(logfile, level="DEBUG")
+    logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+    prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
+    _TASK_SINKS[id(logfile)] = logger.add(
+        logfile, level="DEBUG", colorize=False,
+        format=prefix + "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}")
     return logfile
 
 
 def _quiet_close(logfile) -> None:
-    """datatrove's closing re-adds stderr at INFO; keep it at our level."""
-    _close_logger(logfile)
-    logger.remove()
-    logger.add(sys.stderr, level=os.environ.get("CPTIFT_DATATROVE_LOG", "WARNING"))
+    logger.complete()
+    logger.remove(_TASK_SINKS.pop(id(logfile)))
+    logfile.close()
 
 
-_task_logger, _close_logger = datatrove.executor.base.add_task_logger, datatrove.executor.base.close_task_logger
+def _has_distribution(name: str) -> bool | None:
+    """datatrove's dependency check by a direct look-up: its own parses every installed package's
+    metadata for each name (0.14 s a name, paid in every worker process)."""
+    try:
+        importlib.metadata.distribution(name)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return None  # what datatrove's check returns for a missing distribution
+
+
+_TASK_SINKS: dict[int, int] = {}
 datatrove.executor.base.add_task_logger = _quiet_task_logger
 datatrove.executor.base.close_task_logger = _quiet_close
+datatrove.utils._import_utils._is_distribution_available = functools.cache(_has_distribution)
 logger.remove()
 logger.add(sys.stderr, level=os.environ.get("CPTIFT_DATATROVE_LOG", "WARNING"))
 
