@@ -20,14 +20,18 @@ CUDA-specific is in ``_init_cuda`` (not exercised on CPU CI).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import logging
 import os
+import random
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -129,6 +133,24 @@ def _init_cuda(world: World) -> str:
 def device() -> torch.device:
     """Where this rank computes: its GPU, or the CPU."""
     return torch.device("cuda", current().local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Leave the python, numpy, torch CPU and this rank's CUDA generators as they were.
+
+    For work that draws from them but must not change what training draws next: the Trainer's
+    held-out evaluation (each DataLoader iterator seeds itself from the torch generator, which
+    checkpoints save and dropout uses) and lm-eval, which reseeds everything. Only this rank's
+    CUDA device: ``fork_rng``'s default would open a context on every GPU of the node from every rank.
+    """
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def shard_batches(batches: list, world: World) -> tuple[list[int], int]:

@@ -75,7 +75,7 @@ class Evaluator:
 @torch.no_grad()
 def perplexity_windows(ev: Evaluator, docs: list[dict], max_tokens: int) -> list[tuple[float, int, int]]:
     """(NLL sum, tokens scored, bytes of their text) of each window over the EOS-joined documents."""
-    stream, nbytes = token_stream(ev.tokenizer, docs, max_tokens)
+    stream, nbytes, _ = token_stream(ev.tokenizer, docs, max_tokens)
     starts = [i for i in range(0, len(stream), PPL_WINDOW) if len(stream) - i > 1]
     windows = [stream[i: i + PPL_WINDOW] for i in starts]
     # Windows are all PPL_WINDOW long except possibly the last, so batches need no padding.
@@ -87,19 +87,22 @@ def perplexity_windows(ev: Evaluator, docs: list[dict], max_tokens: int) -> list
     return [(nll, n, sum(nbytes[i + 1: i + len(w)])) for (nll, n), i, w in zip(rows, starts, windows)]
 
 
-def token_stream(tokenizer, docs: list[dict], max_tokens: int) -> tuple[list[int], list[int]]:
-    """Documents' token ids joined by EOS, capped at ``max_tokens``, and each token's UTF-8 bytes (EOS: 0)."""
+def token_stream(tokenizer, docs: list[dict], max_tokens: int) -> tuple[list[int], list[int], list[int]]:
+    """Documents' token ids, each followed by EOS, capped at ``max_tokens``; each token's UTF-8 bytes
+    (EOS: 0); and where each document starts. Also the general held-out set of training (stages.heldout)."""
     stream: list[int] = []
     nbytes: list[int] = []
+    starts: list[int] = []
     fast = getattr(tokenizer, "is_fast", False)  # offsets need a fast (Rust) tokenizer
     for doc in docs:
         enc = tokenizer(doc["text"], add_special_tokens=False, return_offsets_mapping=fast)
         ends = [end for _, end in enc["offset_mapping"]] if fast else None
+        starts.append(len(stream))
         stream += enc["input_ids"] + [tokenizer.eos_token_id]
         nbytes += metrics.token_bytes(doc["text"], ends, len(enc["input_ids"])) + [0]
         if len(stream) >= max_tokens:
             break
-    return stream[:max_tokens], nbytes[:max_tokens]
+    return stream[:max_tokens], nbytes[:max_tokens], starts
 
 
 def _window_nll(ev: Evaluator, group: list[list[int]]) -> list[tuple[float, int]]:

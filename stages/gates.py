@@ -56,11 +56,6 @@ def check(report: dict, gates: list[GateConfig], after: str) -> list[dict]:
     return [_check_one(report, i, gate) for i, gate in enumerate(gates) if gate.after == after]
 
 
-def check_all(report: dict, gates: list[GateConfig]) -> list[dict]:
-    """Every rule whose checkpoint the report holds, in config order."""
-    return [_check_one(report, i, g) for i, g in enumerate(gates) if g.after in report["checkpoints"]]
-
-
 def failure(results: list[dict]) -> str | None:
     """The one-line message of the first broken ``fail`` rule, or None."""
     broken = [r for r in results if not r["passed"] and r["action"] == GateAction.fail]

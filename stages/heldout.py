@@ -32,12 +32,10 @@ history, so its file ends equal to an uninterrupted run's.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +48,7 @@ from corpora.prepare import read_jsonl
 from corpora.shards import TokenShards
 from stages import distributed
 from stages.config import Packing, TrainConfig
+from stages.evaluate import token_stream
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +83,11 @@ def domain_stream(data_dir: Path, max_tokens: int) -> tuple[np.ndarray, np.ndarr
 
 
 def general_stream(data_dir: Path, tokenizer, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The general perplexity documents, each followed by EOS, up to ``max_tokens`` tokens."""
+    """The general perplexity documents, each followed by EOS, up to ``max_tokens`` tokens (joined as the
+    perplexity suite joins them: ``stages.evaluate.token_stream``)."""
     path = data_dir / "eval" / "general" / "perplexity.jsonl"
-    stream: list[int] = []
-    starts: list[int] = []
-    for doc in read_jsonl(path) if path.exists() else []:
-        if len(stream) >= max_tokens:
-            break
-        starts.append(len(stream))
-        stream += tokenizer(doc["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return np.asarray(stream[:max_tokens], dtype=np.int64), np.asarray(starts, dtype=np.int64)
+    stream, _, starts = token_stream(tokenizer, read_jsonl(path) if path.exists() else [], max_tokens)
+    return np.asarray(stream, dtype=np.int64), np.asarray(starts, dtype=np.int64)
 
 
 def heldout_sets(cfg: TrainConfig, data_dir: Path, tokenizer, stage: str) -> dict[str, StreamBlocks]:
@@ -145,32 +139,10 @@ class ValLosses(TrainerCallback):
         self.write(state)
 
 
-@contextlib.contextmanager
-def rng_preserved() -> Iterator[None]:
-    """Leave every random generator as it was: training draws the same numbers with or without evaluation.
-
-    Each DataLoader iterator, the evaluation one included, draws its base seed
-    from the global torch generator, which checkpoints save and dropout draws
-    from. Only this rank's CUDA device is read: ``get_rng_state_all`` would
-    open a context on every GPU of the node from every rank.
-    """
-    cuda = torch.cuda.is_available()
-    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.cuda.get_rng_state() if cuda else None)
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
-        if cuda:
-            torch.cuda.set_rng_state(saved[3])
-
-
 def without_rng_use(evaluate: Callable) -> Callable:
-    """``evaluate`` run inside ``rng_preserved``."""
+    """``evaluate`` run inside ``distributed.rng_preserved``."""
     @functools.wraps(evaluate)
     def wrapped(*args, **kwargs):
-        with rng_preserved():
+        with distributed.rng_preserved():
             return evaluate(*args, **kwargs)
     return wrapped

@@ -50,12 +50,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from corpora.prepare import LM_EVAL_PREFIX
 from stages import distributed
@@ -107,7 +103,7 @@ def _run_all(model, tokenizer, suite: str, tasks: dict[str, str], batch_size: in
     include = sorted({str(folder) for _, _, folder, _ in specs.values() if folder})
     defaults = any(needs_defaults for _, _, _, needs_defaults in specs.values())
     metrics = []
-    with _offline(), _kept_rng():
+    with _offline(), distributed.rng_preserved():  # simple_evaluate reseeds random, numpy and torch
         manager = TaskManager(include_path=include or None, include_defaults=defaults)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         for prefix, (spec, name, _, _) in specs.items():
@@ -302,16 +298,3 @@ def _offline() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _kept_rng() -> Iterator[None]:
-    """simple_evaluate reseeds random, numpy and torch; leave the caller's generators as they were."""
-    py, npy = random.getstate(), np.random.get_state()
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)

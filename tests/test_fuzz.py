@@ -294,17 +294,24 @@ def _strict_case(rows: st.SearchStrategy) -> st.SearchStrategy:
     return st.tuples(as_jsonl, st.just(".jsonl")) | st.tuples(as_table, st.sampled_from([".parquet", ""]))
 
 
-@given(case=_strict_case(RECORDS | CHATS))
-def test_instruction_reader_returns_records_or_a_data_error(case):
-    RUNS["instruction records"] += 1
+def read_strictly(target: str, case: tuple[bytes, str], read, noun: str) -> list:
+    """``read(path)`` of the case's file: its rows, or ``[]`` after a DataError naming the file."""
+    RUNS[target] += 1
     with scratch() as folder:
         path = _write_rows(folder, *case)
         try:
-            records = list(read_records([str(path)]))
+            rows = read(path)
         except DataError as exc:
             assert str(path) in str(exc)
-            return ended("instruction records", exc)
-    ended("instruction records", f"{'some' if records else 'no'} records")
+            ended(target, exc)
+            return []
+    ended(target, f"{'some' if rows else 'no'} {noun}")
+    return rows
+
+
+@given(case=_strict_case(RECORDS | CHATS))
+def test_instruction_reader_returns_records_or_a_data_error(case):
+    records = read_strictly("instruction records", case, lambda path: list(read_records([str(path)])), "records")
     for rec in records:
         assert rec["messages"] and rec["messages"][-1]["role"] == "assistant"
         assert all(isinstance(m["content"], str) and _encodes(m["content"]) for m in rec["messages"])
@@ -313,16 +320,7 @@ def test_instruction_reader_returns_records_or_a_data_error(case):
 
 @given(case=_strict_case(TASKS | GOOD_TASKS))
 def test_task_reader_returns_items_or_a_data_error(case):
-    RUNS["task items"] += 1
-    with scratch() as folder:
-        path = _write_rows(folder, *case)
-        try:
-            items = read_tasks(str(path))
-        except DataError as exc:
-            assert str(path) in str(exc)
-            return ended("task items", exc)
-    ended("task items", f"{'some' if items else 'no'} items")
-    for item in items:
+    for item in read_strictly("task items", case, lambda path: read_tasks(str(path)), "items"):
         assert item["kind"] in ("choice", "generate", "instruction") and isinstance(item["prompt"], str)
         if item["kind"] == "instruction":  # every check the reader lets through can be scored
             assert item["checks"] and all(isinstance(followed(reply, item["checks"]), bool)
