@@ -9,8 +9,9 @@ sbatch array per stage on Slurm with ``engine.executor: slurm``):
    repetition filters -> PII scrub -> tag hash and split -> write -> MinHash signatures
 2. ``buckets`` (one task per MinHash bucket): candidate duplicate pairs
 3. ``cluster`` (1 task): duplicate clusters, one kept per cluster
-4. ``dedup``   (T tasks): drop cluster members; write each kept document's text to
-   ``docs/<split>/`` and its tokens + EOS to ``shards/<split>/``
+4. ``dedup``   (T tasks): drop cluster members; write each kept document's tokens + EOS
+   to ``shards/<split>/`` and the text of the val and test documents to ``docs/<split>/``
+   (of train too with ``keep_train_text``)
 
 With near-dedup off, stage 1 ends with stage 4's writers and is the only stage.
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from corpora.pii import PII_TYPES
 from corpora.steps import (LengthFilter, Normalise, PlainWords, QuietLocalExecutor, RankFileReader, Route, ScrubPII,
-                           SourceReader, SplitTokenizer, Tag, TEXT_SUFFIX, hash_prefix, read_text_file, text_writer)
+                           SourceReader, SplitTextWriter, SplitTokenizer, Tag, TEXT_SUFFIX, hash_prefix, read_text_file, text_writer)
 
 SPLITS = ("train", "val", "test")
 # Documents per tokenizer call: the encodings of a batch are held at once, so a
@@ -65,6 +66,7 @@ class CorpusJob:
     val_fraction: float = 0.0
     test_fraction: float = 0.0
     tasks: int = 8  # output shards per split (<= number of files)
+    keep_train_text: bool = False  # also write the training split's cleaned text (val and test: always)
 
 
 @dataclass
@@ -110,8 +112,9 @@ def _stages(job: CorpusJob, tasks: int, work: Path, out: Path, tokenizer_json: s
                                             dup_line_char_frac=line, top_n_grams=(), dup_n_grams=((10, line),),
                                             language=words))
     clean += [ScrubPII(job.pii), Tag(job.seed, job.val_fraction, job.test_fraction)]
-    # The cleaned text of each split (the evaluation reads the test split's), then its tokens.
-    route_out = [text_writer(str(out / "docs"), "${split}/${rank}"),
+    # The cleaned text of the held-out splits (the evaluation reads the test split's), then every split's tokens.
+    text_splits = SPLITS if job.keep_train_text else SPLITS[1:]
+    route_out = [SplitTextWriter(str(out / "docs"), list(text_splits)),
                  SplitTokenizer(str(out / "shards"), tokenizer_json, eos, TOKENIZE_BATCH)]
     if not job.near_dedup:  # nothing to remove: route to the splits in the same pass
         return [("clean", [*clean, *route_out], tasks)]

@@ -68,6 +68,7 @@ class PrepareSpec:
     eval_suites: dict[str, dict] = field(default_factory=dict)
     cleaning: dict = field(default_factory=dict)  # CorpusJob fields: max_chars, repetition, near_dedup, pii, ...
     tasks: int = 8  # datatrove tasks = shards per split (the shards depend on it)
+    keep_train_text: bool = False  # also keep the training split's cleaned text next to its tokens
     max_bad_fraction: float = 0.01  # fail when more of the input than this is unreadable
     ift_micro_batch: int = 8  # for the padded-vs-packed efficiency figure only
     cache_dir: str = ""  # "" -> $CPTIFT_CACHE/data
@@ -130,7 +131,8 @@ def corpus(spec: PrepareSpec, sources: list[str], tokenizer, val: float, test: f
         raise DataError("the tokenizer has no EOS token, which CPT puts between documents; "
                         "set tokenizer.eos_token in the model folder's tokenizer_config.json")
     settings = {"text_field": spec.text_field, "min_chars": spec.min_chars, "max_documents": spec.max_documents,
-                "seed": spec.seed, "val_fraction": val, "test_fraction": test, "tasks": spec.tasks} | spec.cleaning
+                "seed": spec.seed, "val_fraction": val, "test_fraction": test, "tasks": spec.tasks,
+                "keep_train_text": spec.keep_train_text} | spec.cleaning
     inputs = [mf.source_fingerprint(s, [] if s.startswith(BUILTIN) else expand(s)) for s in sources]
     key = mf.fingerprint(inputs, mf.tokenizer_fingerprint(tokenizer), settings)[:24]
     final = cache_root(spec) / f"corpus-{key}"
@@ -146,7 +148,10 @@ def _save_plain_tokenizer(tokenizer, path: Path) -> None:
     switched on in ``backend_tokenizer``, and datatrove's batch encoding would then count the pads as tokens."""
     from tokenizers import Tokenizer
 
-    plain = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend = tokenizer.backend_tokenizer
+    if backend.padding is None and backend.truncation is None:  # plain already: no copy (0.1 s)
+        return backend.save(str(path))
+    plain = Tokenizer.from_str(backend.to_str())
     plain.no_padding()
     plain.no_truncation()
     plain.save(str(path))

@@ -176,6 +176,7 @@ class DataConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     max_bad_fraction: float = 0.01  # fail when more than this share of input rows / files is unreadable
     cache_dir: str = ""  # prepared corpora, shared by runs ("" = $CPTIFT_CACHE/data, ~/.cache/cptift/data)
+    keep_train_text: bool = False  # also keep the cleaned text of the training split (zstd JSONL), to inspect it
 
 
 @dataclass

@@ -89,6 +89,7 @@ def spec_from_config(cfg: PipelineConfig) -> PrepareSpec:
         instruction_test_fraction=d.instructions.test_fraction, max_records=d.instructions.max_records,
         replay_sources=d.replay.sources, replay_ratio=d.replay.ratio, eval_suites=suites,
         cleaning=to_dict(d.cleaning), tasks=d.engine.tasks, max_bad_fraction=d.max_bad_fraction,
+        keep_train_text=d.keep_train_text,
         ift_micro_batch=cfg.ift.micro_batch_size,
         cache_dir=d.cache_dir, executor=Executor(kind=str(d.engine.executor), workers=d.engine.workers,
                                                  slurm=to_dict(d.engine.slurm)),

@@ -37,8 +37,10 @@ def _near_copy(text: str, seed: int, changes: int = 3) -> str:
 
 
 def _spec(tmp_path: Path, **kw) -> PrepareSpec:
+    """The training split's text kept too (``keep_train_text``), for the tests to read what was kept."""
     return PrepareSpec(domain_sources=[], instruction_sources=[], cpt_seq_len=64, ift_seq_len=64, min_chars=20,
-                       cache_dir=str(tmp_path / "cache"), executor=Executor(workers=1), **kw)
+                       cache_dir=str(tmp_path / "cache"), executor=Executor(workers=1),
+                       **({"keep_train_text": True} | kw))
 
 
 def _stream_docs(info: dict, split: str = "train") -> list[dict]:
@@ -162,6 +164,24 @@ def test_splits_follow_the_text_not_the_neighbours(tmp_path, tiny_tokenizer):
         split_of.append({d["text"]: s for s in ("train", "val", "test") for d in _stream_docs(info, s)})
     assert all(split_of[0][t] == split_of[1][t] for t in texts)
     assert {"train", "val", "test"} == set(split_of[0].values())
+
+
+def test_only_the_held_out_splits_keep_their_text_by_default(tmp_path, tiny_tokenizer):
+    """Without keep_train_text: no docs/train, and the test split's text is exactly its shards' documents."""
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": _doc(700 + i)}) + "\n" for i in range(30)))
+    info = corpus(_spec(tmp_path, keep_train_text=False), [str(path)], tiny_tokenizer, 0.2, 0.2)
+    assert not (Path(info["path"]) / "docs" / "train").exists()
+    assert info["splits"]["train"]["documents"] > 0
+    for split in ("val", "test"):
+        texts = [d["text"] for d in _stream_docs(info, split)]
+        assert len(texts) == info["splits"][split]["documents"] > 0, split
+        shards = TokenShards(Path(info["path"]) / "shards" / split)
+        eos = tiny_tokenizer.eos_token_id
+        assert shards.read(0, shards.tokens).tolist() == \
+            [t for x in texts for t in tiny_tokenizer(x, add_special_tokens=False)["input_ids"] + [eos]], split
+    kept = corpus(_spec(tmp_path), [str(path)], tiny_tokenizer, 0.2, 0.2)
+    assert len(_stream_docs(kept)) == kept["splits"]["train"]["documents"] == info["splits"]["train"]["documents"]
 
 
 def test_a_second_run_reuses_the_cached_corpus(tmp_path, tiny_tokenizer):

@@ -74,7 +74,7 @@ def _write_corpus(root: Path) -> list[str]:
 
 def _spec(cache: Path, executor: Executor) -> PrepareSpec:
     return PrepareSpec(domain_sources=[], instruction_sources=[], cpt_seq_len=64, ift_seq_len=64, min_chars=20,
-                       max_bad_fraction=0.5, cache_dir=str(cache), executor=executor)
+                       max_bad_fraction=0.5, cache_dir=str(cache), executor=executor, keep_train_text=True)
 
 
 def _docs(path: Path, split: str) -> dict[str, str]:
