@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -56,11 +58,27 @@ def fingerprint(inputs: list[dict], tokenizer_hash: str, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temp)`` into a temp file in the same folder, then rename it to ``path`` (atomic on POSIX).
+
+    A crash never leaves a half-written file behind, and a reader sees the old
+    file or the new one. The file is made 0644 (``mkstemp`` makes it private):
+    markers and reports are read by others on a shared file system.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so that a crash never leaves a half-written file behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=False)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_manifest(out_dir: Path) -> dict | None:

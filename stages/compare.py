@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from corpora.manifest import write_atomic
 from stages.config import ConfigError
-from stages.forgetting import _atomic_write, _md_row, baseline_of, fmt, fmt_interval
+from stages.forgetting import _md_row, baseline_of, fmt, fmt_interval
 
 
 def load_reports(run_dirs: list[Path], names: list[str] | None = None) -> dict[str, dict]:
@@ -165,6 +166,6 @@ def compare_runs(run_dirs: list[Path], names: list[str] | None = None, out_dir: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "compare.md", "png": out_dir / "compare.png"}
-    _atomic_write(paths["png"], lambda p: report_plots.plot_compare(rows, list(reports), p))
-    _atomic_write(paths["md"], lambda p: p.write_text(text, encoding="utf-8"))
+    write_atomic(paths["png"], lambda p: report_plots.plot_compare(rows, list(reports), p))
+    write_atomic(paths["md"], lambda p: p.write_text(text, encoding="utf-8"))
     return text, paths

@@ -14,12 +14,12 @@ messages) is ``stages.typed_yaml``.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from corpora.manifest import write_atomic
 from corpora.pii import PII_TYPES
 from stages.typed_yaml import ConfigError, build, parse_yaml, resolve_key, shown, to_dict
 
@@ -346,6 +346,5 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
 
 def save_config(cfg: PipelineConfig, path: Path) -> None:
     """Write atomically: other ranks may be reading the previous copy."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    write_atomic(path, lambda tmp: tmp.write_text(text))

@@ -23,11 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from corpora.manifest import write_atomic
 from stages import intervals
 
 log = logging.getLogger(__name__)
@@ -284,19 +282,6 @@ def plot_curves(curves: dict[str, dict], path: Path) -> None:
     report_plots.plot_training_curves(curves, path)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same directory, then os.replace (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private: reports are read by others on a shared file system
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write forgetting.{md,png,json} (and training_curves.png) into ``out_dir``.
 
@@ -305,14 +290,14 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"forgetting.{k}" for k in ("json", "md", "png")}
-    _atomic_write(paths["md"], lambda p: p.write_text(render_markdown(report), encoding="utf-8"))
-    _atomic_write(paths["png"], lambda p: plot(report, p))
+    write_atomic(paths["md"], lambda p: p.write_text(render_markdown(report), encoding="utf-8"))
+    write_atomic(paths["png"], lambda p: plot(report, p))
     if report.get("training_curves"):
         paths["curves"] = out_dir / "training_curves.png"
-        _atomic_write(paths["curves"], lambda p: plot_curves(report["training_curves"], p))
+        write_atomic(paths["curves"], lambda p: plot_curves(report["training_curves"], p))
     # JSON last: it is the contract file, so its presence means the whole report exists.
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(paths["json"], lambda p: p.write_text(text, encoding="utf-8"))
+    write_atomic(paths["json"], lambda p: p.write_text(text, encoding="utf-8"))
     return paths
 
 
