@@ -38,7 +38,8 @@ import numpy as np
 
 from corpora.pii import PII_TYPES
 from corpora.steps import (LengthFilter, Normalise, PlainWords, QuietLocalExecutor, RankFileReader, Route, ScrubPII,
-                           SourceReader, SplitTextWriter, SplitTokenizer, Tag, TEXT_SUFFIX, hash_prefix, read_text_file, text_writer)
+                           SourceReader, SplitTextWriter, SplitTokenizer, Tag, TEXT_SUFFIX, hash_prefix, read_text_file,
+                           text_writer)
 
 SPLITS = ("train", "val", "test")
 # Documents per tokenizer call: the encodings of a batch are held at once, so a
