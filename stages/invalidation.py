@@ -28,7 +28,9 @@ CORPUS_KEYS = ("model.path", "run.seed", "data.domain", "data.cleaning", "data.m
 EVAL_KEYS = ("model.dtype", "model.attn_implementation", "evals.general", "evals.domain", "evals.batch_size",
              "evals.max_new_tokens", "evals.max_items", "evals.parameters", "data.instructions") + CORPUS_KEYS
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # step -> (config keys, upstream steps)
-    "prepare": (CORPUS_KEYS + ("data.instructions", "data.replay", "cpt.seq_len", "ift.seq_len"), ()),
+    # data.keep_train_text: only the corpus cache's text copy changes, so preparation reruns and nothing after it.
+    "prepare": (CORPUS_KEYS + ("data.instructions", "data.replay", "cpt.seq_len", "ift.seq_len",
+                               "data.keep_train_text"), ()),
     "eval_base": (EVAL_KEYS, ()),
     "cpt": (CORPUS_KEYS + ("data.replay", "model.dtype", "model.attn_implementation", "cpt"), ()),
     "eval_cpt": (EVAL_KEYS, ("cpt",)),

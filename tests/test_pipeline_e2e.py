@@ -199,6 +199,11 @@ def test_a_changed_setting_reruns_exactly_the_steps_that_depend_on_it(tiny_run, 
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "cpt        done" in plan.stdout and "ift        rerun: ift.learning_rate" in plan.stdout
     assert "eval_ift   rerun: ift reruns" in plan.stdout and "export     rerun: " in plan.stdout
+    # Keeping the training text changes the corpus cache only: preparation reruns, no training or evaluation.
+    plan = cptift("plan", "configs/tiny.yaml", f"run.output_dir={out}", "data.keep_train_text=true")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "prepare    rerun: data.keep_train_text" in plan.stdout
+    assert all(f"{s:<11}done" in plan.stdout for s in STEPS if s != "prepare"), plan.stdout
 
     proc = cptift("run", "configs/tiny.yaml", f"run.output_dir={out}", "ift.learning_rate=5e-4")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
