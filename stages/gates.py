@@ -34,6 +34,7 @@ import fnmatch
 import math
 
 from stages.config import GateAction, GateConfig, GateRule
+from stages.forgetting import baseline_of
 
 EXIT_GATE = 3  # documented in docs/troubleshooting.md
 
@@ -53,7 +54,8 @@ def describe(gate: GateConfig) -> str:
 
 def check(report: dict, gates: list[GateConfig], after: str) -> list[dict]:
     """The results of the rules checked after checkpoint ``after`` (the report must hold it and base)."""
-    return [_check_one(report, i, gate) for i, gate in enumerate(gates) if gate.after == after]
+    base = baseline_of(report)
+    return [_check_one(report, base, i, gate) for i, gate in enumerate(gates) if gate.after == after]
 
 
 def failure(results: list[dict]) -> str | None:
@@ -67,10 +69,10 @@ def failure(results: list[dict]) -> str | None:
             f"evals.gates[{first['index']}] and run the same command again")
 
 
-def _check_one(report: dict, index: int, gate: GateConfig) -> dict:
+def _check_one(report: dict, base: str, index: int, gate: GateConfig) -> dict:
     rows = [m for m in report["metrics"]
             if m["suite"] == gate.suite and fnmatch.fnmatchcase(m["name"], gate.metric)]
-    violations = [v for v in (_violation(m, gate) for m in rows) if v]
+    violations = [v for v in (_violation(m, base, gate) for m in rows) if v]
     if not rows:
         violations = [{"metric": f"{gate.suite}/{gate.metric}", "why": "matches no metric of the report"}]
     detail = "; ".join(_say(v) for v in violations[:3]) + (f"; {len(violations) - 3} more" if len(violations) > 3
@@ -80,9 +82,9 @@ def _check_one(report: dict, index: int, gate: GateConfig) -> dict:
             "detail": detail or f"{len(rows)} metric(s) within the rule"}
 
 
-def _violation(m: dict, gate: GateConfig) -> dict | None:
-    """The facts of one metric that breaks the rule, or None."""
-    ckpt, base = gate.after, _baseline_value(m)
+def _violation(m: dict, baseline: str, gate: GateConfig) -> dict | None:
+    """The facts of one metric that breaks the rule (against checkpoint ``baseline``), or None."""
+    ckpt, base = gate.after, m["values"].get(baseline)
     value = m["values"].get(ckpt)
     rel = _relative(value, base)
     facts = {"metric": f"{m['suite']}/{m['name']}", "base": base, "value": value, "relative_delta": rel,
@@ -107,11 +109,6 @@ def _relative(value: float | None, base: float | None) -> float | None:
     if base == 0:
         return 0.0 if value == 0 else math.copysign(math.inf, value)
     return (value - base) / abs(base)
-
-
-def _baseline_value(m: dict) -> float | None:
-    """The value of the checkpoint without a delta (base)."""
-    return next((v for c, v in m["values"].items() if c not in m.get("delta", {})), None)
 
 
 def _say(v: dict) -> str:
