@@ -25,7 +25,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from corpora.manifest import write_atomic
+from stages import forgetting, intervals
 from stages.config import ConfigError
 from stages.forgetting import _md_row, baseline_of, fmt, fmt_interval
 
@@ -51,7 +54,7 @@ def last_cell(report: dict, suite: str, name: str, checkpoint: str | None = None
     last = checkpoint or report["checkpoints"][-1]
     for m in report["metrics"]:
         if (m["suite"], m["name"]) == (suite, name) and m["values"].get(last) is not None:
-            return {"checkpoint": last, "base": baseline_of(report), "value": m["values"][last],
+            return {"checkpoint": last, "value": m["values"][last],
                     "delta": m["delta"].get(last),
                     "delta_interval": m.get("delta_interval", {}).get(last),
                     "verdict": m.get("verdict", {}).get(last, "no interval")}
@@ -75,39 +78,33 @@ RUN_VERDICTS = {"forgot": "worse", "improved": "better", "no significant change"
                 "no interval": "no interval"}
 
 
-def against_first(run_dirs: dict[str, Path], checkpoint: str, rows: list[dict]) -> bool:
+def against_first(run_dirs: dict[str, Path], checkpoint: str, rows: list[dict]) -> None:
     """Add ``row["vs_first"] = {run: {delta, delta_interval, verdict}}`` where the runs share their items.
 
-    Returns False (nothing added) when the base evaluations differ: then the runs were not scored on the
-    same items, and only their deltas against their own bases can be read side by side.
+    Nothing is added when the base evaluations differ: then the runs were not scored on the same items,
+    and only their deltas against their own bases can be read side by side. Each run is tested against
+    the first as the forgetting report tests a checkpoint against base (``forgetting.build_report``).
     """
-    from stages.intervals import metric_intervals
-
-    def metrics(run: Path, ckpt: str) -> dict:
-        result = json.loads((run / ckpt / "eval.json").read_text(encoding="utf-8"))
-        return {(m["suite"], m["name"]): m for m in result["metrics"]}
-
-    bases = [{k: _units(m) for k, m in metrics(d, "base").items() if _units(m)} for d in run_dirs.values()]
-    shared = set(bases[0]).intersection(*bases[1:])  # metrics with per-item data in every run
-    if len(run_dirs) < 2 or not shared or any(b[k] != bases[0][k] for b in bases[1:] for k in shared):
-        return False
-    evals = {n: metrics(d, checkpoint) for n, d in run_dirs.items()}
+    if len(run_dirs) < 2 or not _same_items([forgetting.load_evals(d, ["base"])["base"] for d in run_dirs.values()]):
+        return
+    evals = {n: forgetting.load_evals(d, [checkpoint])[checkpoint] for n, d in run_dirs.items()}
     first = next(iter(evals))
+    cross = {(m["suite"], m["name"]): m for m in forgetting.build_report(evals, baseline=first)["metrics"]}
     for row in rows:
-        key = (row["suite"], row["name"])
-        found = {n: e[key] for n, e in evals.items() if key in e}
-        if first not in found:
+        m = cross.get((row["suite"], row["name"]))
+        if m is None or m["values"][first] is None:
             continue
-        est = metric_intervals(found, first, row["higher_is_better"])
-        row["vs_first"] = {n: {"delta": round(found[n]["value"] - found[first]["value"], 6),
-                               "delta_interval": est.delta_interval.get(n),
-                               "verdict": RUN_VERDICTS[est.verdict.get(n, "no interval")]}
-                           for n in found if n != first}
-    return True
+        row["vs_first"] = {n: {"delta": m["delta"][n], "delta_interval": m["delta_interval"][n],
+                               "verdict": RUN_VERDICTS[m["verdict"][n]]}
+                           for n in m["delta"] if m["values"][n] is not None}
 
 
-def _units(metric: dict):
-    return metric.get("scores") or metric.get("windows")
+def _same_items(bases: list[dict]) -> bool:
+    """The base evaluations hold the same per-item data for every metric that has it in all of them."""
+    units = [{(m["suite"], m["name"]): u for m in b["metrics"] if (u := intervals.units_of(m)) is not None}
+             for b in bases]
+    shared = set(units[0]).intersection(*units[1:])
+    return bool(shared) and all(np.array_equal(u[k], units[0][k]) for u in units[1:] for k in shared)
 
 
 def _cell_text(cell: dict | None, name: str) -> str:
