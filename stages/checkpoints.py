@@ -14,13 +14,13 @@ overwritten when training reaches their step again.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from corpora.manifest import write_json_atomic
 from stages import distributed
 
 MARKER = "complete.json"
@@ -50,10 +50,8 @@ class CompleteMarker(TrainerCallback):
         world = distributed.current()
         world.barrier()  # every rank has written its shards and states
         if world.is_writer:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MARKER
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"step": state.global_step, "ranks": world.size,
-                                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-            tmp.replace(path)
+            write_json_atomic(Path(args.output_dir) / f"checkpoint-{state.global_step}" / MARKER,
+                              {"step": state.global_step, "ranks": world.size,
+                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         world.barrier()  # no rank goes on (or is killed) believing in a marker not yet written
         return control
