@@ -2,7 +2,7 @@
 
     sets = heldout_sets(cfg.cpt, data_dir, tokenizer, "cpt")   # {"domain": blocks, "general": blocks}
     trainer = Trainer(..., eval_dataset=sets)                  # eval_steps: eval_domain_loss, eval_general_loss
-    ValLosses(stage_dir / "val_losses.json", "cpt", every=10)  # the curve, for the report
+    ValLosses(stage_dir / "val_losses.json", "cpt", every=10, last_set="general")  # the curve, for the report
 
 Every ``eval_steps`` optimizer steps (and at step 0, and at the last step)
 the Trainer scores next-token loss on two sets of ``seq_len`` blocks, each
@@ -32,10 +32,8 @@ history, so its file ends equal to an uninterrupted run's.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +119,14 @@ def val_points(log_history: list[dict]) -> list[dict]:
 
 
 class ValLosses(TrainerCallback):
-    """Rank 0 rewrites ``val_losses.json`` from the log history at the start and after each evaluation."""
+    """Rank 0 rewrites ``val_losses.json`` from the log history at the start and after each evaluation.
 
-    def __init__(self, path: Path, stage: str, every: int) -> None:
-        self.path, self.stage, self.every = path, stage, every
+    The Trainer scores a dict of sets one ``evaluate`` call (and one ``on_evaluate``) per set, in order:
+    the file is written after the call of ``last_set``, when the step's point is whole.
+    """
+
+    def __init__(self, path: Path, stage: str, every: int, last_set: str) -> None:
+        self.path, self.stage, self.every, self.last_set = path, stage, every, last_set
 
     def write(self, state) -> None:
         if state.is_world_process_zero:
@@ -136,13 +138,5 @@ class ValLosses(TrainerCallback):
         self.write(state)  # on resume: drops points a killed run scored after its checkpoint
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.write(state)
-
-
-def without_rng_use(evaluate: Callable) -> Callable:
-    """``evaluate`` run inside ``distributed.rng_preserved``."""
-    @functools.wraps(evaluate)
-    def wrapped(*args, **kwargs):
-        with distributed.rng_preserved():
-            return evaluate(*args, **kwargs)
-    return wrapped
+        if f"eval_{self.last_set}_loss" in (metrics or {}):
+            self.write(state)

@@ -229,7 +229,8 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     evaluates = args.eval_strategy != "no"
     sample_log = SampleLog(run.collator, run.stage_dir / "samples" / f"rank-{world.rank:05d}.jsonl")
     stop = preemption.StopOnSignal()
-    val_log = [heldout.ValLosses(run.stage_dir / "val_losses.json", run.name, cfg.eval_steps)] if evaluates else []
+    val_log = [heldout.ValLosses(run.stage_dir / "val_losses.json", run.name, cfg.eval_steps,
+                                 last_set=list(run.eval_dataset)[-1])] if evaluates else []
     trainer = Trainer(
         model=run.model, args=args, train_dataset=IndexedDataset(run.train_dataset),
         eval_dataset=run.eval_dataset if evaluates else None, data_collator=sample_log,
@@ -241,7 +242,7 @@ def train_stage(cfg: TrainConfig, run: StageRun, callbacks: list) -> dict:
     # checkpoint saves that generator, and anything random in training (dropout) draws from it; the sampler
     # has its own, seeded by data_seed. Restoring it after every evaluation keeps checkpoints, resumed runs
     # and trained weights identical with evaluation on or off (tests/test_val_losses.py checks rng_state.pth).
-    trainer.evaluate = heldout.without_rng_use(trainer.evaluate)
+    trainer.evaluate = distributed.rng_preserved()(trainer.evaluate)
     try:
         return _train(trainer, run, stop, resume)
     finally:
