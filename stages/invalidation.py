@@ -16,17 +16,19 @@ changing them invalidates nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
-from stages.config import PipelineConfig, to_dict
+from stages.config import EvalConfig, PipelineConfig, to_dict
 
 # What decides the domain corpus and its splits (the CPT data and the held-out documents).
 CORPUS_KEYS = ("model.path", "run.seed", "data.domain", "data.cleaning", "data.max_bad_fraction", "data.engine.tasks")
-# What an evaluation reads besides its checkpoint: the suites and the held-out splits they draw from.
+# What an evaluation reads besides its checkpoint: every evals setting, the held-out splits they draw from.
 # Not evals.gates: a rule only judges results, so relaxing one redoes no evaluation (the report reruns).
-EVAL_KEYS = ("model.dtype", "model.attn_implementation", "evals.general", "evals.domain", "evals.batch_size",
-             "evals.max_new_tokens", "evals.max_items", "evals.parameters", "data.instructions") + CORPUS_KEYS
+EVAL_KEYS = ("model.dtype", "model.attn_implementation",
+             *(f"evals.{f.name}" for f in dataclasses.fields(EvalConfig) if f.name != "gates"),
+             "data.instructions") + CORPUS_KEYS
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # step -> (config keys, upstream steps)
     # data.keep_train_text: only the corpus cache's text copy changes, so preparation reruns and nothing after it.
     "prepare": (CORPUS_KEYS + ("data.instructions", "data.replay", "cpt.seq_len", "ift.seq_len",
