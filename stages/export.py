@@ -11,6 +11,7 @@ and a ``README.md`` model card with the forgetting table. It loads with plain
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from stages.config import PipelineConfig
 from stages.modeling import load_model, load_tokenizer
 
 
-def export_model(src: str, dst: Path, report: dict, cfg: PipelineConfig,
-                 report_dir: Path | None = None) -> dict:
+def export_model(src: str, dst: Path, report_dir: Path, cfg: PipelineConfig) -> dict:
+    """``src`` as a servable folder ``dst``, its model card from the run's ``report_dir`` (table and curves)."""
+    report = json.loads((report_dir / "forgetting.json").read_text())
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
@@ -34,8 +36,8 @@ def export_model(src: str, dst: Path, report: dict, cfg: PipelineConfig,
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "README.md").write_text(model_card(cfg, src, report))
-    if report_dir and (Path(report_dir) / "training_curves.png").is_file():  # the card's Markdown links it
-        shutil.copy2(Path(report_dir) / "training_curves.png", partial / "training_curves.png")
+    if (report_dir / "training_curves.png").is_file():  # the card's Markdown links it
+        shutil.copy2(report_dir / "training_curves.png", partial / "training_curves.png")
     shutil.rmtree(dst, ignore_errors=True)
     partial.rename(dst)
     reply = check_export(dst, cfg.export.check_prompt, cfg.model.trust_remote_code)

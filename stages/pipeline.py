@@ -147,10 +147,8 @@ def step_report(run: Run) -> dict:
 
 def step_export(run: Run) -> dict:
     src = run.final(run.cfg.export.from_stage)
-    report = json.loads((run.dir / "report" / "forgetting.json").read_text())
     with start_run(run.cfg, job_type="export"):
-        out = export.export_model(src, run.dir / "export", report, run.cfg, run.dir / "report")
-    return out
+        return export.export_model(src, run.dir / "export", run.dir / "report", run.cfg)
 
 
 STEP_FUNCS: dict[str, Callable[[Run], dict]] = {
