@@ -48,6 +48,7 @@ holds the model, so lm-eval tasks are refused with a message saying so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -98,13 +99,13 @@ def run_lm_eval_tasks(model, tokenizer, suite: str, tasks: dict[str, str], batch
 
 
 def _run_all(model, tokenizer, suite: str, tasks: dict[str, str], batch_size: int, limit: int | None) -> list[dict]:
-    lm_eval, HFLM, TaskManager = _import_lm_eval()
+    lm_eval, HFLM, _ = _import_lm_eval()
     specs = {prefix: _resolve(source) for prefix, source in tasks.items()}
-    include = sorted({str(folder) for _, _, folder, _ in specs.values() if folder})
+    include = tuple(sorted({str(folder) for _, _, folder, _ in specs.values() if folder}))
     defaults = any(needs_defaults for _, _, _, needs_defaults in specs.values())
     metrics = []
     with _offline(), distributed.rng_preserved():  # simple_evaluate reseeds random, numpy and torch
-        manager = TaskManager(include_path=include or None, include_defaults=defaults)
+        manager = _task_manager(include, defaults)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         for prefix, (spec, name, _, _) in specs.items():
             try:
@@ -116,6 +117,14 @@ def _run_all(model, tokenizer, suite: str, tasks: dict[str, str], batch_size: in
                 raise LmEvalError(_explain(suite, prefix, tasks[prefix], exc)) from exc
             metrics += to_metrics(suite, prefix, name, results)
     return metrics
+
+
+@functools.cache
+def _task_manager(include: tuple[str, ...], defaults: bool):
+    """lm-eval's task index, built once per process: with its registered tasks that takes ~8 s, and
+    every suite of every checkpoint (six calls in one ``cptift run``) asks for the same one."""
+    _, _, TaskManager = _import_lm_eval()
+    return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 
 
 def _import_lm_eval():
