@@ -22,12 +22,14 @@ Two kinds of reader:
 from __future__ import annotations
 
 import glob
+import inspect
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corpora.builtin import builtin_documents, builtin_records, builtin_tasks
+from corpora.checks import CHECKS
 from corpora.readers import (ICONV, TEXT_SUFFIXES, DataError, Problem, ProblemSink, brief, describe, document_kind,
                              is_hf_dataset, lone_surrogate, raise_problem, read_file_documents)
 
@@ -222,15 +224,11 @@ def read_tasks(source: str) -> list[dict]:
     return items
 
 
-# Instruction check type -> {parameter: required?}; the checks themselves are
-# stages/checks.py (corpora never imports stages), with the same type names.
+# Instruction check type -> {parameter: required?}, read off the check functions (corpora/checks.py):
+# every parameter after the reply, required when it has no default.
 CHECK_PARAMETERS: dict[str, dict[str, bool]] = {
-    "max_words": {"n": True},
-    "json": {"keys": False},
-    "lowercase": {},
-    "bullets": {"n": True},
-    "ends_with": {"phrase": True},
-}
+    kind: {p.name: p.default is p.empty for p in list(inspect.signature(fn).parameters.values())[1:]}
+    for kind, fn in CHECKS.items()}
 # parameter -> (what a valid value is, test)
 _PARAMETER_TYPES = {
     "n": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),

@@ -26,7 +26,7 @@ import math
 import re
 import string
 
-from stages.checks import followed
+from corpora.checks import followed
 
 LN2 = math.log(2)
 ARTICLES = re.compile(r"\b(a|an|the)\b")

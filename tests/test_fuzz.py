@@ -28,7 +28,7 @@ from corpora.chat import IGNORE_INDEX, TemplateError, render_example
 from corpora.readers import HEAD, REASONS, DataError, Problem, describe, raise_problem, read_file_documents
 from corpora.sources import normalise_record, read_records, read_tasks
 from fuzzing import FIELDS, JSON_VALUES, RUNS, TEXTS, document_rows, ended, ended_reading, lines_of, one_line, scratch
-from stages.checks import followed
+from corpora.checks import followed
 from fuzzing import datasets_cache  # noqa: F401 (an autouse fixture: keeps the readers' caches out of ~/.cache)
 
 

@@ -16,7 +16,8 @@ import torch
 from corpora.builtin import builtin_tasks
 from corpora.builtin.instructions import CONSTRAINTS
 from corpora.sources import CHECK_PARAMETERS, DataError, check_task_item
-from stages import checks, evaluate, metrics
+from corpora import checks
+from stages import evaluate, metrics
 from stages.distributed import World
 from stages.modeling import load_model
 
@@ -203,6 +204,9 @@ def test_check_tables_agree():
     for kind, fn in checks.CHECKS.items():
         params = list(inspect.signature(fn).parameters)[1:]
         assert set(params) == set(CHECK_PARAMETERS[kind]), kind
+    # Read off the signatures: a parameter without a default is required.
+    assert CHECK_PARAMETERS == {"max_words": {"n": True}, "json": {"keys": False}, "lowercase": {},
+                                "bullets": {"n": True}, "ends_with": {"phrase": True}}
 
 
 @pytest.mark.parametrize("item_checks, message", [

@@ -9,7 +9,7 @@ external data. 30 everyday general-knowledge topics (weather, nature, food,
 sport; nothing about Python or programming, which is the demo's CPT domain)
 times 5 constraint types = 150 items. Each item asks a short question about
 its topic and adds one format instruction worded like IFEval's (Zhou et al.
-2023, arXiv:2311.07911); ``checks`` says how ``stages.checks`` verifies it.
+2023, arXiv:2311.07911); ``checks`` says how ``corpora.checks`` verifies it.
 IFEval's own 541 prompts are not shipped (licence, and the build is
 offline); these items follow its method: verifiable instructions, scored by
 rules, prompt-level strict accuracy (docs/metrics.md).

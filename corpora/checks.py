@@ -1,15 +1,17 @@
 """Instruction-following checks: is a reply in the asked-for format?
 
-    from stages.checks import followed
+    from corpora.checks import followed
     followed("- a\\n- b", [{"type": "bullets", "n": 2}])    # True
 
 An ``instruction`` eval item carries ``checks``, a list of ``{"type", ...params}``;
 the item counts as followed when every check passes (IFEval's prompt-level
 strict accuracy, Zhou et al. 2023, arXiv:2311.07911). Each check is a pure
 function of the reply and its parameters, with its rule in its docstring.
-The parameters each type takes are validated when the items are read
-(``corpora.sources.CHECK_PARAMETERS``); the two tables have the same keys
-(tests/test_metrics.py).
+The parameters each type takes are validated when the items are read, by
+``corpora.sources.CHECK_PARAMETERS``, which reads them off these functions'
+signatures (the parameters after the reply; one without a default is required).
+The module lives in ``corpora`` for that reason: the evaluation
+(``stages.metrics``) scores replies with it, and corpora never imports stages.
 
 The replies are the decoded greedy text with surrounding whitespace removed
 (``stages.evaluate``), scored as they are: no "loose" variants (IFEval's
