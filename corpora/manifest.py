@@ -45,9 +45,27 @@ def _version(package: str) -> str:
         return "absent"
 
 
+def plain_tokenizer_json(tokenizer) -> str:
+    """The Rust tokenizer's JSON without padding or truncation.
+
+    A batch call with ``padding=True`` (generation in an evaluation) leaves padding switched on in
+    ``backend_tokenizer``: state of the object, not part of the tokenizer. Left in, datatrove's batch
+    encoding would write the pads as tokens, and the cache key would change after such a call.
+    """
+    from tokenizers import Tokenizer
+
+    backend = tokenizer.backend_tokenizer
+    if backend.padding is None and backend.truncation is None:  # the usual case: no copy (0.1 s)
+        return backend.to_str()
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_padding()
+    plain.no_truncation()
+    return plain.to_str()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+    fast = getattr(tokenizer, "backend_tokenizer", None) is not None
+    body = plain_tokenizer_json(tokenizer) if fast else repr(tokenizer.get_vocab())
     body += str(tokenizer.chat_template) + str(tokenizer.eos_token)
     return hashlib.sha256(body.encode()).hexdigest()
 

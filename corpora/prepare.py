@@ -143,26 +143,12 @@ def corpus(spec: PrepareSpec, sources: list[str], tokenizer, val: float, test: f
     return info | {"path": str(final)}
 
 
-def _save_plain_tokenizer(tokenizer, path: Path) -> None:
-    """The Rust tokenizer without padding or truncation: a batch call with ``padding=True`` leaves padding
-    switched on in ``backend_tokenizer``, and datatrove's batch encoding would then count the pads as tokens."""
-    from tokenizers import Tokenizer
-
-    backend = tokenizer.backend_tokenizer
-    if backend.padding is None and backend.truncation is None:  # plain already: no copy (0.1 s)
-        return backend.save(str(path))
-    plain = Tokenizer.from_str(backend.to_str())
-    plain.no_padding()
-    plain.no_truncation()
-    plain.save(str(path))
-
-
 def _build_corpus(spec: PrepareSpec, sources: list[str], tokenizer, settings: dict, final: Path) -> None:
     # A per-process partial folder: two runs preparing the same corpus never write into each other.
     tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _save_plain_tokenizer(tokenizer, tmp / "tokenizer.json")  # datatrove needs a tokenizer.json path
+    (tmp / "tokenizer.json").write_text(mf.plain_tokenizer_json(tokenizer))  # datatrove reads it by path
     files = _input_files(sources, tmp / "inputs")
     counts = build_corpus(CorpusJob(files=files, **settings), tmp / "tokenizer.json", tokenizer.eos_token, tmp,
                           spec.executor)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from corpora import manifest as mf
 from corpora.prepare import PrepareSpec, prepare
 from corpora.sources import DataError, read_documents, read_records
 from corpora.shards import TokenShards
@@ -83,7 +84,7 @@ def _spec(corpus: Path, sft: Path, **kw) -> PrepareSpec:
         eval_suites={"domain": {"perplexity": ["split:domain/test"], "tasks": {"qa": "split:instructions/test"}}},
         # The synthetic texts cycle through 12 words: repetitive and near-duplicates of each other by design.
         cleaning={"repetition": False, "near_dedup": False},
-        cache_dir=str(corpus.parent / "cache"), **kw,
+        **({"cache_dir": str(corpus.parent / "cache")} | kw),
     )
 
 
@@ -147,6 +148,10 @@ def test_a_tokenizer_left_padding_by_a_batch_call_tokenises_the_corpus_unpadded(
     fresh, used = load_tokenizer(tiny_model_dir), load_tokenizer(tiny_model_dir)
     used(["a", "a much longer text than the first"], padding=True)
     assert used.backend_tokenizer.padding is not None  # the state that once leaked into the shards
-    tokens = [TokenShards(Path(prepare(_spec(corpus, sft), tok, tmp_path / name)["cpt"]["corpus"]) / "shards"
-                          / "train").tokens for tok, name in ((fresh, "fresh"), (used, "used"))]
+    # Each in its own cache, so that both really tokenise the corpus.
+    tokens = [TokenShards(Path(prepare(_spec(corpus, sft, cache_dir=str(tmp_path / f"cache-{name}")), tok,
+                                       tmp_path / name)["cpt"]["corpus"]) / "shards" / "train").tokens
+              for tok, name in ((fresh, "fresh"), (used, "used"))]
     assert tokens[0] == tokens[1] > 0
+    # ... and with the same cache key: the padding state is not part of the tokenizer.
+    assert mf.tokenizer_fingerprint(used) == mf.tokenizer_fingerprint(fresh)
