@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from stages.intervals import VERDICTS
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 15 * 60
 HEADLINES = [("domain", "perplexity", "cpt"), ("domain", "qa/accuracy_norm", "ift")]  # + every general metric
@@ -53,7 +55,7 @@ def main() -> int:
         shown = "none" if interval is None else f"{m['delta'][ckpt]:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
         print(f"{suite:<8} {name:<24} {ckpt:<4} {m['values']['base']:>8.3f} {m['values'][ckpt]:>8.3f} "
               f"{shown:>28}  {verdict}")
-        if interval is None or verdict not in ("improved", "forgot", "no significant change"):
+        if interval is None or verdict not in set(VERDICTS) - {"no interval"}:
             failures.append(f"{suite}/{name} after {ckpt} has no interval or verdict")
     total = wall if wall is not None else sum(steps.values())
     how = "measured wall time" if wall is not None else "sum of the steps' seconds"

@@ -255,7 +255,9 @@ def report(results: dict, small: dict, args, docs: int) -> None:
     for label, ok, detail in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {label}  ({detail})")
     if args.mb < 20:
-        print(f"note: at {args.mb:g} MB fixed start-up costs dominate (datatrove: 8 tasks, and a "
+        from corpora.prepare import PrepareSpec
+
+        print(f"note: at {args.mb:g} MB fixed start-up costs dominate (datatrove: {PrepareSpec.tasks} tasks, and a "
               "worker pool spawned per stage with 2 workers); judge the checks at the default --mb 50")
 
 
